@@ -1,0 +1,116 @@
+"""Where the app's state lives (PREFLAB_HOME), who is asking (roles), and how errors reach a person.
+
+Every Gradio handler is also an HTTP API endpoint, so role checks happen here, in the handler, not by hiding
+buttons: call `ctx.require_admin(request)` first thing in any handler that imports, exports, edits guidelines,
+manages users or starts training.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from storage.db import Database, open_db
+
+log = logging.getLogger("preflab")
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("PREFLAB_HOME", "data")).resolve()
+
+
+class UserError(Exception):
+    """A problem to show a person as one sentence (bad input, not allowed, not found)."""
+
+
+class PermissionDenied(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str            # annotator | admin
+    site: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+LOCAL_ADMIN = User("local", "admin", None)
+
+
+class AppContext:
+    """The app's shared state: paths, the one database, and the auth mode."""
+
+    def __init__(self, home: str | Path | None = None, db: Database | None = None, auth_required: bool = False):
+        self.home = Path(home) if home else home_dir()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db = db or open_db(self.home / "preflab.duckdb")
+        self.auth_required = auth_required
+        self.supervisor = None   # set by app.server when the job supervisor starts
+
+    # -- paths --------------------------------------------------------------------------------------------
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def default_model(self) -> Path:
+        return Path(os.environ.get("PREFLAB_MODEL") or self.models_dir / DEFAULT_MODEL_NAME)
+
+    # -- who is asking ------------------------------------------------------------------------------------
+    def user(self, request: Any) -> User:
+        """The logged-in user of a Gradio request. Single-user mode (local, no login): the local admin."""
+        if not self.auth_required:
+            return LOCAL_ADMIN
+        name = getattr(request, "username", None) if request is not None else None
+        if not name:
+            raise PermissionDenied("Please log in first.")
+        row = self.db.fetchone("SELECT name, role, site FROM annotators WHERE name = ?", [name])
+        if row is None:
+            raise PermissionDenied(f"There is no account named {name!r}.")
+        return User(*row)
+
+    def require_admin(self, request: Any) -> User:
+        user = self.user(request)
+        if not user.is_admin:
+            raise PermissionDenied(f"{user.name} is an annotator; only an admin can do this.")
+        return user
+
+
+def friendly(fn: Callable) -> Callable:
+    """Wrap a Gradio handler: a UserError becomes a one-sentence gr.Error; anything unexpected is logged with
+    its trace on the server and shown as a plain sentence, never a stack trace."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - last line of defence before the browser
+            log.exception("handler %s failed", getattr(fn, "__name__", fn))
+            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log.") from None
+
+    return wrapper

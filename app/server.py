@@ -1,0 +1,36 @@
+"""Start the app: open the database, start the job supervisor, serve the page on 127.0.0.1 by default."""
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None:
+    from app.context import AppContext
+    from app.ui import CSS, build_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Bound to anything but loopback, login is required: single-user mode is only for one's own machine.
+    ctx = AppContext(auth_required=auth or host not in LOCAL_HOSTS)
+    try:
+        from app.supervisor import Supervisor
+
+        ctx.supervisor = Supervisor(ctx)
+        ctx.supervisor.start()
+    except ImportError:  # supervisor not present in this build
+        logging.getLogger("preflab").warning("no job supervisor: training jobs will not start")
+    demo = build_app(ctx)
+    login = None
+    if ctx.auth_required:
+        from labeling.accounts import check_password
+
+        login = lambda name, password: check_password(ctx.db, name, password)  # noqa: E731
+    demo.queue(default_concurrency_limit=8)
+    demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS,
+                inbrowser=False)

@@ -1,0 +1,32 @@
+"""The page: one tab per module under app/pages, each exposing `build(ctx)` that lays out its components and
+wires handlers (plain functions that are tested without a browser)."""
+from __future__ import annotations
+
+import importlib
+
+import gradio as gr
+
+from app.context import AppContext
+
+# (tab title, module). Order is the product loop: collect/label, train, watch, compare, try.
+PAGES = [
+    ("Label", "app.pages.label"),
+    ("Data", "app.pages.data"),
+    ("Train", "app.pages.train"),
+    ("Runs", "app.pages.runs"),
+    ("Compare", "app.pages.compare"),
+    ("Try", "app.pages.playground"),
+]
+
+CSS = """
+.preflab-text { white-space: pre-wrap; }
+"""
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    with gr.Blocks(title="Preflab") as demo:
+        for title, module in PAGES:
+            page = importlib.import_module(module)
+            with gr.Tab(title, id=title.lower()):
+                page.build(ctx)
+    return demo

@@ -1,0 +1,116 @@
+"""The one DuckDB connection of the app process.
+
+DuckDB allows a single read-write process per file, so only the app opens it. Gradio runs handlers on worker
+threads; every statement goes through one connection guarded by a re-entrant lock, so a write is committed (and
+the lock released) before the caller reports it saved.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from storage.migrations import MIGRATIONS
+
+
+class Database:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(self.path)
+        except duckdb.IOException as e:  # the usual cause: another process holds the file
+            raise RuntimeError(
+                f"Could not open the database {self.path}: it is probably in use by another Preflab process. ({e})"
+            ) from None
+        self.lock = threading.RLock()
+        self._in_tx = 0
+
+    # -- plain access -------------------------------------------------------------------------------------
+    def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        with self.lock:
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+
+    def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
+        with self.lock:
+            return self.execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Any = None) -> tuple | None:
+        with self.lock:
+            return self.execute(sql, params).fetchone()
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        row = self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    def df(self, sql: str, params: Any = None):
+        """Query result as a pandas DataFrame."""
+        with self.lock:
+            return self.execute(sql, params).df()
+
+    def records(self, sql: str, params: Any = None) -> list[dict]:
+        with self.lock:
+            cur = self.execute(sql, params)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Database"]:
+        """All-or-nothing block; nests (inner blocks join the outer transaction)."""
+        with self.lock:
+            if self._in_tx:
+                self._in_tx += 1
+                try:
+                    yield self
+                finally:
+                    self._in_tx -= 1
+                return
+            self.con.execute("BEGIN TRANSACTION")
+            self._in_tx = 1
+            try:
+                yield self
+            except BaseException:
+                self._in_tx = 0
+                self.con.execute("ROLLBACK")
+                raise
+            else:
+                self._in_tx = 0
+                self.con.execute("COMMIT")
+
+    # -- settings -----------------------------------------------------------------------------------------
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        value = self.scalar("SELECT value FROM settings WHERE key = ?", [key])
+        return default if value is None else value
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", [key, value])
+
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply pending migrations in order; each one and its record commit together or not at all."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    done = {r[0] for r in db.fetchall("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with db.transaction():
+            db.execute(sql)
+            db.execute("INSERT INTO schema_migrations VALUES (?, current_timestamp)", [name])
+        applied.append(name)
+    return applied
+
+
+def open_db(path: str | Path) -> Database:
+    """Open (creating if needed) and migrate: the only way the app gets a database."""
+    db = Database(path)
+    migrate(db)
+    return db

@@ -1,0 +1,161 @@
+"""Append-only schema migrations, applied in order, each in its own transaction with its record.
+
+Data model (one DuckDB file per Preflab home):
+- prompts / responses: imported or generated text; ids are content hashes, so re-imports deduplicate.
+- tasks: one unit of labeling work. kind 'single' (one response: good/bad, KTO), 'pair' (response_a vs
+  response_b: DPO), 'write' (write or edit the ideal response: SFT). `required` annotations per task.
+- annotations: append-only. A change or an undo is a new row whose `supersedes` names the row it replaces;
+  nothing is ever deleted. The current label of (task, annotator) is the newest row; value 'retracted' means
+  none. Values: single good|bad; pair a|b|tie|both_bad (a = response_a whatever side it was shown on,
+  `shown_order` 'ab' or 'ba' records what the annotator saw); write 'written' with `text`; 'skip'.
+- leases: a task shown to an annotator is reserved for them until expires_at.
+- snapshots: frozen Parquet copies of the rows a run trains on, keyed by content hash.
+- runs, run_scalars, run_instances: jobs and what the supervisor ingested from their run directories.
+Never edit a migration that has shipped; add a new one.
+"""
+
+MIGRATIONS: list[tuple[str, str]] = []
+
+
+def migration(name: str, sql: str) -> None:
+    MIGRATIONS.append((name, sql))
+
+
+migration("m001_initial", """
+CREATE TABLE settings (key VARCHAR PRIMARY KEY, value VARCHAR);
+
+CREATE TABLE annotators (
+    name VARCHAR PRIMARY KEY,
+    password_hash VARCHAR,
+    role VARCHAR NOT NULL CHECK (role IN ('annotator', 'admin')),
+    site VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE imports (
+    id VARCHAR PRIMARY KEY,
+    file VARCHAR,
+    format VARCHAR,
+    site VARCHAR,
+    n_rows INTEGER,
+    n_new INTEGER,
+    n_duplicates INTEGER,
+    n_errors INTEGER,
+    report VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE prompts (
+    id VARCHAR PRIMARY KEY,
+    text VARCHAR NOT NULL,
+    site VARCHAR,
+    source VARCHAR,
+    external_id VARCHAR,
+    import_id VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE responses (
+    id VARCHAR PRIMARY KEY,
+    prompt_id VARCHAR NOT NULL,
+    text VARCHAR NOT NULL,
+    origin VARCHAR,
+    run_id VARCHAR,
+    import_id VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE tasks (
+    id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL CHECK (kind IN ('single', 'pair', 'write')),
+    prompt_id VARCHAR NOT NULL,
+    response_a VARCHAR,
+    response_b VARCHAR,
+    site VARCHAR,
+    required INTEGER NOT NULL DEFAULT 1,
+    n_done INTEGER NOT NULL DEFAULT 0,
+    batch VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE INDEX tasks_open ON tasks (kind, n_done);
+
+CREATE SEQUENCE annotation_ids START 1;
+CREATE TABLE annotations (
+    id BIGINT PRIMARY KEY DEFAULT nextval('annotation_ids'),
+    task_id VARCHAR NOT NULL,
+    annotator VARCHAR NOT NULL,
+    value VARCHAR NOT NULL,
+    text VARCHAR,
+    shown_order VARCHAR,
+    time_ms INTEGER,
+    source VARCHAR NOT NULL DEFAULT 'app',
+    supersedes BIGINT,
+    run_id VARCHAR,
+    site VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE INDEX annotations_task ON annotations (task_id);
+CREATE INDEX annotations_annotator ON annotations (annotator);
+
+CREATE TABLE leases (
+    task_id VARCHAR NOT NULL,
+    annotator VARCHAR NOT NULL,
+    expires_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (task_id, annotator)
+);
+
+CREATE TABLE snapshots (
+    id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    n_rows INTEGER,
+    path VARCHAR,
+    filters VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE runs (
+    id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    kind VARCHAR NOT NULL,
+    algorithm VARCHAR,
+    config VARCHAR,
+    snapshot_id VARCHAR,
+    parent_id VARCHAR,
+    run_dir VARCHAR,
+    state VARCHAR NOT NULL DEFAULT 'queued',
+    step INTEGER DEFAULT 0,
+    total_steps INTEGER,
+    error VARCHAR,
+    pid INTEGER,
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+
+CREATE TABLE run_scalars (
+    run_id VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    name VARCHAR NOT NULL,
+    value DOUBLE,
+    site VARCHAR,
+    split VARCHAR DEFAULT 'train',
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE INDEX run_scalars_run ON run_scalars (run_id);
+
+CREATE TABLE run_instances (
+    run_id VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    example_id VARCHAR,
+    task_id VARCHAR,
+    site VARCHAR,
+    side VARCHAR,
+    policy_logp DOUBLE,
+    ref_logp DOUBLE,
+    n_tokens INTEGER,
+    m_theta DOUBLE,
+    beta_i DOUBLE,
+    loss DOUBLE
+);
+CREATE INDEX run_instances_run ON run_instances (run_id);
+""")

@@ -1,0 +1,51 @@
+"""The schema and its migrations: a blank database gets every table, re-opening applies nothing twice, and a
+failing migration leaves no trace."""
+import pytest
+
+from storage import migrations
+from storage.db import Database, migrate, open_db
+
+EXPECTED_TABLES = {
+    "settings", "annotators", "imports", "prompts", "responses", "tasks", "annotations", "leases",
+    "snapshots", "runs", "run_scalars", "run_instances", "schema_migrations",
+}
+
+
+def test_blank_database_gets_schema(db):
+    tables = {r[0] for r in db.fetchall("SELECT table_name FROM information_schema.tables")}
+    assert EXPECTED_TABLES <= tables
+    cols = {r[0] for r in db.fetchall(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'annotations'")}
+    # every annotation keeps who, what, the order shown, time spent, when, and what it replaced
+    assert {"annotator", "task_id", "value", "shown_order", "time_ms", "created_at", "supersedes", "site"} <= cols
+
+
+def test_reopen_applies_nothing_twice(tmp_path):
+    path = tmp_path / "p.duckdb"
+    db = open_db(path)
+    db.execute("INSERT INTO settings VALUES ('k', 'v')")
+    db.close()
+    db = Database(path)
+    assert migrate(db) == []
+    assert db.get_setting("k") == "v"
+    db.close()
+
+
+def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+    db = open_db(tmp_path / "p.duckdb")
+    bad = ("m999_bad", "CREATE TABLE half_done (x INTEGER); SELECT * FROM no_such_table;")
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [bad])
+    monkeypatch.setattr("storage.db.MIGRATIONS", migrations.MIGRATIONS + [bad])
+    with pytest.raises(Exception):
+        migrate(db)
+    tables = {r[0] for r in db.fetchall("SELECT table_name FROM information_schema.tables")}
+    assert "half_done" not in tables
+    assert db.scalar("SELECT count(*) FROM schema_migrations WHERE name = 'm999_bad'") == 0
+
+
+def test_transaction_is_all_or_nothing(db):
+    with pytest.raises(RuntimeError):
+        with db.transaction():
+            db.execute("INSERT INTO settings VALUES ('a', '1')")
+            raise RuntimeError("boom")
+    assert db.get_setting("a") is None

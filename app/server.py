@@ -32,5 +32,5 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None
 
         login = lambda name, password: check_password(ctx.db, name, password)  # noqa: E731
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS,
+    demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS, ssr_mode=False,
                 inbrowser=False)

@@ -1,0 +1,78 @@
+"""`python -m training RUN_DIR`: run the job described by RUN_DIR/config.json (see storage/rundir.py).
+
+Exit code 0 when the job finished or was stopped on request (resumable), 1 when it failed; the reason is in
+status.json as a sentence.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def run_job(run_dir: str | Path) -> int:
+    from storage import rundir
+    from training.config import ConfigError, JobConfig
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        print(f"No run directory at {run_dir}.", file=sys.stderr)
+        return 1
+    rundir.write_status(run_dir, state="running", pid=os.getpid(), error=None, phase="starting")
+    try:
+        cfg = JobConfig.load(run_dir / rundir.CONFIG)
+        if cfg.kind == "train" and cfg.federated is not None:
+            from training.federated.simulation import run_federated
+
+            state = run_federated(cfg, run_dir)
+        elif cfg.kind == "train":
+            from training.trainer import Trainer, install_sigterm
+
+            trainer = Trainer(cfg, run_dir)
+            install_sigterm(trainer)
+            state = trainer.prepare().train()
+        elif cfg.kind == "generate":
+            from training.jobs import run_generate
+
+            state = run_generate(cfg, run_dir)
+        else:
+            from training.jobs import run_evaluate
+
+            state = run_evaluate(cfg, run_dir)
+        return 0 if state in ("finished", "stopped") else 1
+    except BaseException as e:  # noqa: BLE001 - every failure must end as a readable status
+        message = _explain(e)
+        traceback.print_exc()
+        rundir.write_status(run_dir, state="failed", error=message, phase="failed")
+        print(f"\nFAILED: {message}", file=sys.stderr)
+        return 1
+
+
+def _explain(e: BaseException) -> str:
+    import torch
+
+    from training.config import ConfigError
+    from training.data import DataError
+    from training.trainer import JobError
+
+    if isinstance(e, (ConfigError, DataError, JobError)):
+        return str(e)
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return ("Out of memory. Lower batch_size or max_length, raise grad_accum to keep the effective batch, "
+                "or use LoRA instead of full fine-tuning.")
+    if isinstance(e, KeyboardInterrupt):
+        return "Interrupted."
+    if isinstance(e, FileNotFoundError):
+        return f"A file is missing: {e.filename or e}."
+    return f"The job crashed: {type(e).__name__}: {e}. The full trace is in log.txt."
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m training RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_job(sys.argv[1]))

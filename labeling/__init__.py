@@ -1,0 +1,1 @@
+"""Labeling: import/export formats, tasks and queues, annotations, agreement, accounts."""

@@ -229,19 +229,24 @@ def _normalise(con, shape: str, rename: dict[str, str], site: str | None, path: 
         p, a, b = fields
         label = "NULL"
         if shape == "unpaired":
-            label = (f"CASE WHEN lower(trim(CAST({q('label')} AS VARCHAR))) IN ({_sql_list(TRUE_LABELS)}) THEN TRUE "
-                     f"WHEN lower(trim(CAST({q('label')} AS VARCHAR))) IN ({_sql_list(FALSE_LABELS)}) THEN FALSE END")
+            # mixed JSON types arrive as JSON text ('"bad"'): strip the quotes before comparing
+            lab = f"lower(trim(trim(CAST({q('label')} AS VARCHAR)), '\"'))"
+            label = (f"CASE WHEN {lab} IN ({_sql_list(TRUE_LABELS)}) THEN TRUE "
+                     f"WHEN {lab} IN ({_sql_list(FALSE_LABELS)}) THEN FALSE END")
+        types = {r[0]: r[1] for r in con.execute("DESCRIBE raw").fetchall()}
+        text = lambda c: _text(q(c), types[rename[c]]) if c else "NULL"  # noqa: E731
         con.execute(f"""CREATE OR REPLACE TEMP TABLE norm AS SELECT _row,
-            {_text(q(p))} AS prompt, {_text(q(a)) if a else 'NULL'} AS a, {_text(q(b)) if b else 'NULL'} AS b,
+            {text(p)} AS prompt, {text(a)} AS a, {text(b)} AS b,
             {label} AS label, {site_sql} AS site, {opt('annotator')} AS annotator, {opt('id')} AS ext_id
             FROM raw""", params)
         con.execute("ALTER TABLE norm ADD COLUMN _bad BOOLEAN DEFAULT FALSE")
-        # typeof() tells a string from a struct/list/number that was given where text belongs
-        types = {r[0]: r[1] for r in con.execute("DESCRIBE raw").fetchall()}
-        for col in (p, a, b):
-            if col and types[rename[col]] not in ("VARCHAR", "JSON"):
-                _flag(con, problems, "raw", f"{q(col)} IS NOT NULL", rename[col],
-                      f"should be text, found {types[rename[col]].lower()}", path, fmt)
+        # a value given where text belongs (a number, an object, a list): named with what it was
+        for col, ours in ((p, "prompt"), (a, "a"), (b, "b")):
+            if col:
+                _flag(con, problems, "raw JOIN norm USING (_row)", f"raw.{q(col)} IS NOT NULL AND norm.{ours} IS NULL "
+                      f"AND {_json_type(q(col), types[rename[col]])} <> 'NULL'", rename[col],
+                      "should be text" + (f", found {types[rename[col]].lower()}" if types[rename[col]] not in
+                                           ("VARCHAR", "JSON") else ""), path, fmt)
         if shape == "unpaired":
             _flag(con, problems, "norm", "label IS NULL", rename["label"], "should be true/false (or good/bad)", path, fmt)
     names = {"prompt": rename.get("prompt", "prompt")}
@@ -278,8 +283,17 @@ def _report_rows(problems: _Problems, rows: list[int], field: str, msg: str, pat
         problems.add(None, field, f"{msg}: {len(rows) - 200} more rows")
 
 
-def _text(col: str) -> str:
-    return f"CASE WHEN typeof({col}) = 'VARCHAR' THEN {col} ELSE NULL END" if col else "NULL"
+def _text(col: str, dtype: str) -> str:
+    """SQL for a column's value as text, NULL where it is not a string (DuckDB types mixed JSON columns as JSON)."""
+    if dtype == "VARCHAR":
+        return col
+    if dtype == "JSON":
+        return f"CASE WHEN json_type({col}) = 'VARCHAR' THEN json_extract_string({col}, '$') END"
+    return "CAST(NULL AS VARCHAR)"
+
+
+def _json_type(col: str, dtype: str) -> str:
+    return f"coalesce(json_type(raw.{col}), 'NULL')" if dtype == "JSON" else "'value'"
 
 
 def _sql_list(values) -> str:

@@ -1,0 +1,143 @@
+"""From annotations to training rows: the one place that decides what a task's label is.
+
+The current label of (task, annotator) is their newest annotation; 'skip' and 'retracted' count as none.
+Several annotators on one task are resolved by majority:
+- pair tasks: the most-voted of a / b / tie / both_bad wins. a or b gives a preference (winner = chosen);
+  a tie in votes, or a winning 'tie', is a tie: dropped (ties="drop", the default) or kept with tie=true
+  (ties="keep", export only; Preflab never trains on ties). 'both_bad' gives no preference.
+- single tasks: good vs bad by majority; equal votes are dropped.
+- write tasks: every annotator's current written answer is an SFT example.
+Data kinds: pairs (prompt, chosen, rejected) from pair tasks; unpaired (prompt, completion, label) from single
+tasks plus decided pairs split into a good and a bad row (both_bad gives two bad rows); sft (prompt, completion)
+from written answers, answers labeled good, and pair winners.
+An admin's resolution (source 'resolution') replaces a task's votes. `agreement` is the share of a task's votes
+that went to its majority value.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from storage.db import Database
+
+NO_LABEL = ("skip", "retracted")
+
+
+def current_labels(db: Database, sites=None, annotators=None, since=None, until=None) -> pd.DataFrame:
+    where, params = ["a.value NOT IN ('skip', 'retracted')"], []
+    if annotators:
+        where.append(f"a.annotator IN ({', '.join('?' * len(annotators))})")
+        params += list(annotators)
+    if since:
+        where.append("a.created_at >= ?")
+        params.append(since)
+    if until:
+        where.append("a.created_at <= ?")
+        params.append(until)
+    site_filter = ""
+    if sites:
+        site_filter = f"WHERE t.site IN ({', '.join('?' * len(sites))})"
+        params += list(sites)
+    return db.df(f"""
+        WITH cur AS (
+            SELECT * FROM annotations
+            QUALIFY row_number() OVER (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
+        SELECT t.id AS task_id, t.kind, t.site, p.text AS prompt, ra.text AS response_a, rb.text AS response_b,
+               a.annotator, a.value, a.text, a.created_at, a.source
+        FROM cur a JOIN tasks t ON t.id = a.task_id
+        JOIN prompts p ON p.id = t.prompt_id
+        LEFT JOIN responses ra ON ra.id = t.response_a
+        LEFT JOIN responses rb ON rb.id = t.response_b
+        WHERE {' AND '.join(where)} {('AND ' + site_filter[6:]) if site_filter else ''}""", params)
+
+
+def _majority(labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per task: majority value (None on a tie in votes), votes, agreement."""
+    if labels.empty:
+        return pd.DataFrame(columns=["task_id", "value", "n_votes", "agreement"])
+    counts = labels.groupby(["task_id", "value"]).size().rename("n").reset_index()
+    total = counts.groupby("task_id")["n"].sum().rename("n_votes")
+    top = counts.sort_values(["task_id", "n"], ascending=[True, False])
+    best = top.groupby("task_id").head(2).copy()
+    best["rank"] = best.groupby("task_id").cumcount()
+    first = best[best["rank"] == 0].set_index("task_id")
+    second = best[best["rank"] == 1].set_index("task_id")["n"].reindex(first.index)
+    tied = second.eq(first["n"])
+    out = pd.DataFrame({"value": first["value"].where(~tied, None), "n_top": first["n"]}).join(total)
+    out["agreement"] = out["n_top"] / out["n_votes"]
+    return out.drop(columns="n_top").reset_index()
+
+
+def training_rows(db: Database, data_kind: str, sites=None, annotators=None, since=None, until=None,
+                  min_agreement: float | None = None, ties: str = "drop") -> pd.DataFrame:
+    labels = current_labels(db, sites, annotators, since, until)
+    # an admin's resolution of a disputed task replaces its votes
+    resolved = labels[labels.source == "resolution"].sort_values("created_at").groupby("task_id").tail(1)
+    labels = pd.concat([labels[~labels.task_id.isin(resolved.task_id)], resolved], ignore_index=True)
+    tasks = labels.drop_duplicates("task_id").set_index("task_id")[["kind", "site", "prompt", "response_a", "response_b"]]
+    maj = _majority(labels[labels.kind != "write"]).set_index("task_id").join(tasks, how="left")
+    if min_agreement is not None:
+        maj = maj[maj["agreement"] >= min_agreement]
+    rows: list[dict] = []
+    base = lambda tid, r: {"task_id": tid, "site": r["site"], "prompt": r["prompt"],  # noqa: E731
+                           "n_votes": int(r["n_votes"]), "agreement": float(r["agreement"])}
+    for tid, r in maj.iterrows():
+        v = None if pd.isna(r["value"]) else r["value"]
+        if r["kind"] == "pair":
+            win = {"a": ("response_a", "response_b"), "b": ("response_b", "response_a")}.get(v)
+            if data_kind == "pairs":
+                if win:
+                    rows.append({**base(tid, r), "example_id": tid, "chosen": r[win[0]], "rejected": r[win[1]]})
+                elif ties == "keep" and (v is None or v == "tie"):
+                    rows.append({**base(tid, r), "example_id": tid, "chosen": r["response_a"],
+                                 "rejected": r["response_b"], "tie": True})
+            elif data_kind == "unpaired":
+                if win:
+                    rows.append({**base(tid, r), "example_id": f"{tid}:chosen", "completion": r[win[0]], "label": True})
+                    rows.append({**base(tid, r), "example_id": f"{tid}:rejected", "completion": r[win[1]], "label": False})
+                elif v == "both_bad":
+                    for side in ("a", "b"):
+                        rows.append({**base(tid, r), "example_id": f"{tid}:{side}", "completion": r[f"response_{side}"],
+                                     "label": False})
+            elif data_kind == "sft" and win:
+                rows.append({**base(tid, r), "example_id": tid, "completion": r[win[0]]})
+        elif r["kind"] == "single" and v in ("good", "bad"):
+            if data_kind == "unpaired":
+                rows.append({**base(tid, r), "example_id": tid, "completion": r["response_a"], "label": v == "good"})
+            elif data_kind == "sft" and v == "good":
+                rows.append({**base(tid, r), "example_id": tid, "completion": r["response_a"]})
+    if data_kind == "sft":
+        written = labels[(labels.kind == "write") & (labels.value == "written") & labels.text.notna()]
+        for w in written.itertuples():
+            rows.append({"task_id": w.task_id, "site": w.site, "prompt": w.prompt, "n_votes": 1, "agreement": 1.0,
+                         "example_id": f"{w.task_id}:{w.annotator}", "completion": w.text})
+    cols = {"pairs": ["prompt", "chosen", "rejected"], "unpaired": ["prompt", "completion", "label"],
+            "sft": ["prompt", "completion"]}[data_kind]
+    extra = ["tie"] if data_kind == "pairs" and ties == "keep" else []
+    df = pd.DataFrame(rows, columns=cols + extra + ["example_id", "task_id", "site", "n_votes", "agreement"])
+    if extra:
+        df["tie"] = df["tie"].fillna(False).astype(bool)
+    return df.sort_values("example_id").reset_index(drop=True)
+
+
+def data_summary(db: Database) -> dict:
+    """Counts for the Data page: per site and per annotator, class balance, pair outcomes."""
+    q = db.records
+    return {
+        "tasks": q("SELECT kind, count(*) AS tasks, sum(CASE WHEN n_done >= required THEN 1 ELSE 0 END) AS complete "
+                   "FROM tasks GROUP BY kind ORDER BY kind"),
+        "per_site": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
+                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
+                         SELECT coalesce(t.site, '(none)') AS site, t.kind, count(*) AS labels,
+                                sum(CASE WHEN value = 'good' THEN 1 ELSE 0 END) AS good,
+                                sum(CASE WHEN value = 'bad' THEN 1 ELSE 0 END) AS bad
+                         FROM cur JOIN tasks t ON t.id = cur.task_id
+                         WHERE value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY ALL"""),
+        "per_annotator": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
+                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
+                         SELECT annotator, count(*) AS labels, min(created_at) AS first, max(created_at) AS last
+                         FROM cur WHERE value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY labels DESC"""),
+        "pair_outcomes": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
+                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
+                         SELECT value, count(*) AS n FROM cur JOIN tasks t ON t.id = cur.task_id
+                         WHERE t.kind = 'pair' AND value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY ALL"""),
+    }

@@ -242,7 +242,7 @@ def _normalise(con, shape: str, rename: dict[str, str], site: str | None, path: 
         con.execute("ALTER TABLE norm ADD COLUMN _bad BOOLEAN DEFAULT FALSE")
         # a value given where text belongs (a number, an object, a list): named with what it was
         for col, ours in ((p, "prompt"), (a, "a"), (b, "b")):
-            if col:
+            if col and types[rename[col]] != "VARCHAR":   # a text column holds only text (or nothing)
                 _flag(con, problems, "raw JOIN norm USING (_row)", f"raw.{q(col)} IS NOT NULL AND norm.{ours} IS NULL "
                       f"AND {_json_type(q(col), types[rename[col]])} <> 'NULL'", rename[col],
                       "should be text" + (f", found {types[rename[col]].lower()}" if types[rename[col]] not in

@@ -18,13 +18,9 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Bound to anything but loopback, login is required: single-user mode is only for one's own machine.
     ctx = AppContext(auth_required=auth or host not in LOCAL_HOSTS)
-    try:
-        from app.supervisor import Supervisor
+    from app.supervisor import Supervisor
 
-        ctx.supervisor = Supervisor(ctx)
-        ctx.supervisor.start()
-    except ImportError:  # supervisor not present in this build
-        logging.getLogger("preflab").warning("no job supervisor: training jobs will not start")
+    ctx.supervisor = Supervisor(ctx).start()   # re-attaches to jobs that kept running while the app was down
     demo = build_app(ctx)
     login = None
     if ctx.auth_required:
@@ -32,5 +28,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None
 
         login = lambda name, password: check_password(ctx.db, name, password)  # noqa: E731
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS, ssr_mode=False,
-                inbrowser=False)
+    from pathlib import Path
+
+    keys_js = (Path(__file__).parent / "keys.js").read_text()
+    demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS, js=keys_js,
+                ssr_mode=False, inbrowser=False)

@@ -331,11 +331,26 @@ class Trainer:
                     return "stopped"
             if self.eval_examples:
                 rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": "eval", **self.evaluate()})
+                self._status(phase="writing sample answers to held-out prompts")
+                self.sample_answers()
             self.save_final()
             self._status(state="finished", step=self.step, eta_s=0, phase="finished")
             return "finished"
         finally:
             stop_beat()
+
+    def sample_answers(self, n: int = 8) -> None:
+        """Greedy answers to the first held-out prompts, for side-by-side comparison of runs."""
+        import pandas as pd
+
+        from training.generate import generate
+
+        prompts = self.eval_rows["prompt"].astype(str).drop_duplicates().head(n).tolist()
+        answers = generate(self.model, self.tokenizer, prompts, 1, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens)
+        df = pd.DataFrame({"prompt": prompts, "response": [a[0] for a in answers], "sample": 0})
+        tmp = self.run_dir / f".{rundir.GENERATIONS}.tmp"
+        df.to_parquet(tmp, index=False)
+        tmp.rename(self.run_dir / rundir.GENERATIONS)
 
     def save_final(self) -> None:
         if is_peft(self.model):

@@ -1,6 +1,182 @@
-"""Placeholder until this page is built."""
+"""Data page: what has been labeled (per site, per annotator, class balance, pair outcomes, agreement), disputed
+tasks an admin resolves, and, for admins only, import, export, guidelines and accounts. Every admin action
+checks the role in its handler: the buttons are also API endpoints."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
 import gradio as gr
+import pandas as pd
+
+from app.context import AppContext, User, UserError, friendly
+from labeling import agreement as A
+from labeling.dataset import data_summary
 
 
-def build(ctx):
-    gr.Markdown("This page is being built.")
+def summary_tables(ctx: AppContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    s = data_summary(ctx.db)
+    ag = A.agreement(ctx.db)
+    alpha = "not enough overlap yet" if ag["alpha"] is None else f"{ag['alpha']:.3f}"
+    pairs = "; ".join(f"{k}: {v['alpha']:.2f} on {v['shared_tasks']} tasks" for k, v in ag["per_pair"].items()
+                      if v["alpha"] is not None)
+    text = (f"**Krippendorff's α (nominal):** {alpha} over {ag['n_tasks']} tasks with several labels."
+            + (f"  \n**Per annotator pair:** {pairs}" if pairs else ""))
+    return (pd.DataFrame(s["tasks"]), pd.DataFrame(s["per_site"]), pd.DataFrame(s["per_annotator"]),
+            pd.DataFrame(s["pair_outcomes"]), text)
+
+
+def disputes(ctx: AppContext) -> pd.DataFrame:
+    rows = A.disputed_tasks(ctx.db)
+    return pd.DataFrame([{"task": r["task_id"], "prompt": r["prompt"][:90], "votes": r["values"],
+                          "disagreement": round(r["disagreement"], 2)} for r in rows],
+                        columns=["task", "prompt", "votes", "disagreement"])
+
+
+def do_import(ctx: AppContext, user: User, path: str | None, site: str, required, skip_bad: bool, mapping: str):
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can import.")
+    if not path:
+        raise UserError("Choose a file to import first.")
+    from labeling.importer import import_file, parse_mapping
+
+    try:
+        mp = parse_mapping([m for m in (mapping or "").replace(",", " ").split() if m])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    r = import_file(ctx.db, path, site=site or None, required=int(required) if required else None,
+                    skip_bad_rows=skip_bad, mapping=mp)
+    r["file"] = Path(path).name
+    head = (f"Imported {r['new']} new item(s) from {r['file']} ({r['duplicates']} duplicate(s), "
+            f"{r['skipped']} bad row(s) skipped)." if r["ok"] else
+            f"Nothing was imported from {r['file']}: {r['errors']} problem(s). Fix them, or tick 'skip bad rows'.")
+    report = pd.DataFrame(r["report"], columns=["file", "line", "field", "message"])
+    return head, report
+
+
+def do_export(ctx: AppContext, user: User, kind: str, fmt: str, ties: str) -> str:
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can export.")
+    from labeling.exporter import export
+
+    out = Path(tempfile.mkdtemp(prefix="preflab-export-")) / f"preflab-{kind}.{fmt}"
+    export(ctx.db, kind, out, ties=ties)
+    return str(out)
+
+
+def save_guidelines(ctx: AppContext, user: User, text: str) -> str:
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can edit the guidelines.")
+    ctx.db.set_setting("guidelines", text or "")
+    return "Guidelines saved; annotators see them on their next page load."
+
+
+def add_user(ctx: AppContext, user: User, name: str, password: str, role: str, site: str) -> str:
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can manage accounts.")
+    from labeling.accounts import set_user
+
+    try:
+        r = set_user(ctx.db, name, password, role=role, site=site or None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return f"Account {r['name']} ({r['role']}) {'updated' if r['updated'] else 'created'}."
+
+
+def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can resolve disputes.")
+    from labeling.queue import LabelError
+
+    try:
+        A.resolve(ctx.db, (task_id or "").strip(), user.name, value)
+    except LabelError as e:
+        raise UserError(str(e)) from None
+    return f"Task {task_id} resolved as {value}."
+
+
+def build(ctx: AppContext) -> None:
+    with gr.Row():
+        refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh")
+    agreement_md = gr.Markdown()
+    with gr.Row():
+        tasks = gr.Dataframe(label="Tasks", interactive=False)
+        outcomes = gr.Dataframe(label="Pair outcomes", interactive=False)
+    with gr.Row():
+        per_site = gr.Dataframe(label="Labels per site (good/bad = class balance)", interactive=False,
+                                elem_id="data-per-site")
+        per_ann = gr.Dataframe(label="Labels per annotator", interactive=False, elem_id="data-per-annotator")
+    with gr.Accordion("Disputed tasks", open=False):
+        disputed = gr.Dataframe(interactive=False)
+        with gr.Row():
+            d_task = gr.Textbox(label="Task id")
+            d_value = gr.Dropdown(["a", "b", "tie", "both_bad", "good", "bad"], label="Final label")
+            d_btn = gr.Button("Resolve (admin)")
+        d_msg = gr.Markdown()
+    with gr.Accordion("Import (admin)", open=False):
+        up = gr.File(label="JSONL, CSV or Parquet", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz"],
+                     type="filepath", elem_id="data-upload")
+        with gr.Row():
+            i_site = gr.Textbox(label="Site (for rows without one)")
+            i_req = gr.Number(label="Labels needed per task", value=None, precision=0)
+            i_skip = gr.Checkbox(label="Skip bad rows", value=False)
+            i_map = gr.Textbox(label="Column mapping", placeholder="prompt=question chosen=best")
+        i_btn = gr.Button("Import", variant="primary", elem_id="data-import")
+        i_msg = gr.Markdown(elem_id="data-import-result")
+        i_report = gr.Dataframe(label="Problems (file, line, field)", interactive=False)
+    with gr.Accordion("Export (admin)", open=False):
+        with gr.Row():
+            e_kind = gr.Dropdown(["preference", "unpaired", "sft"], value="preference", label="Kind")
+            e_fmt = gr.Dropdown(["jsonl", "parquet"], value="jsonl", label="Format")
+            e_ties = gr.Radio(["drop", "keep"], value="drop", label="Ties")
+        e_btn = gr.Button("Export", elem_id="data-export")
+        e_file = gr.File(label="Download")
+    with gr.Accordion("Guidelines (admin)", open=False):
+        g_text = gr.Textbox(value=ctx.db.get_setting("guidelines", ""), lines=10, label="Markdown")
+        g_btn = gr.Button("Save guidelines", elem_id="data-guidelines-save")
+        g_msg = gr.Markdown()
+    with gr.Accordion("Accounts (admin)", open=False):
+        with gr.Row():
+            u_name = gr.Textbox(label="Name")
+            u_pw = gr.Textbox(label="Password", type="password")
+            u_role = gr.Dropdown(["annotator", "admin"], value="annotator", label="Role")
+            u_site = gr.Textbox(label="Site")
+        u_btn = gr.Button("Save account")
+        u_msg = gr.Markdown()
+
+    def who(request: gr.Request) -> User:
+        return ctx.user(request)
+
+    @friendly
+    def on_refresh():
+        t, s, a, o, md = summary_tables(ctx)
+        return md, t, o, s, a, disputes(ctx)
+
+    @friendly
+    def on_import(path, site, req, skip, mp, request: gr.Request):
+        return do_import(ctx, who(request), path, site, req, skip, mp)
+
+    @friendly
+    def on_export(kind, fmt, ties, request: gr.Request):
+        return do_export(ctx, who(request), kind, fmt, ties)
+
+    @friendly
+    def on_guidelines(text, request: gr.Request):
+        return save_guidelines(ctx, who(request), text)
+
+    @friendly
+    def on_user(name, pw, role, site, request: gr.Request):
+        return add_user(ctx, who(request), name, pw, role, site)
+
+    @friendly
+    def on_resolve(tid, value, request: gr.Request):
+        return resolve_task(ctx, who(request), tid, value)
+
+    tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed]
+    refresh.click(on_refresh, None, tables, api_name="data_summary")
+    i_btn.click(on_import, [up, i_site, i_req, i_skip, i_map], [i_msg, i_report], api_name="data_import")
+    e_btn.click(on_export, [e_kind, e_fmt, e_ties], e_file, api_name="data_export")
+    g_btn.click(on_guidelines, [g_text], g_msg, api_name="data_guidelines")
+    u_btn.click(on_user, [u_name, u_pw, u_role, u_site], u_msg, api_name="data_add_user")
+    d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve")

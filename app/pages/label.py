@@ -1,6 +1,199 @@
-"""Placeholder until this page is built."""
+"""Label page: good/bad (KTO), blind pairs (DPO) and writing the ideal answer (SFT), keyboard first.
+
+The handlers are plain functions of (state, inputs, user) so they are tested without a browser; `build` only lays
+out components and wires them. Keys (see app/keys.js): a good, x bad, 1/2 pick, 3 tie, 0 both bad,
+ctrl+enter submit, space skip, backspace undo, h guidelines; none act while a text box has focus.
+"""
+from __future__ import annotations
+
+import time
+
 import gradio as gr
 
+from app.context import AppContext, User, UserError, friendly
+from labeling import queue as Q
+from labeling.render import safe_markdown
 
-def build(ctx):
-    gr.Markdown("This page is being built.")
+MODES = {"Good / bad": "single", "Pairs": "pair", "Write": "write"}
+VALUE_NAMES = {"good": "👍 good", "bad": "👎 bad", "a": "answer A", "b": "answer B", "tie": "tie",
+               "both_bad": "both bad", "written": "written", "skip": "skipped"}
+
+
+def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = "") -> dict:
+    """Everything the page shows for `task` (None: nothing left)."""
+    kind = MODES.get(mode, "single")
+    prog = Q.progress(ctx.db, user.name, kind)
+    out = {
+        "task": task, "note": note,
+        "progress": prog,
+        "history": [[h["id"], _short(h["prompt"]), VALUE_NAMES.get(h["value"], h["value"]),
+                     h["created_at"].strftime("%H:%M:%S")] for h in Q.history(ctx.db, user.name)],
+    }
+    if task is None:
+        out.update(prompt="**Nothing left to label here.** Try another mode or site, or come back later.",
+                   responses=[], kind=kind)
+        return out
+    out.update(prompt=safe_markdown(task["prompt"]), kind=task["kind"],
+               responses=[safe_markdown(r) for r in task["responses"]])
+    task["shown_at"] = time.time()
+    return out
+
+
+def _short(text: str, n: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def next_view(ctx: AppContext, user: User, mode: str, site: str | None, note: str = "") -> dict:
+    task = Q.next_task(ctx.db, user.name, kind=MODES.get(mode, "single"), site=site or None)
+    return view(ctx, user, task, mode, note)
+
+
+def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, site: str | None,
+           text: str | None = None) -> dict:
+    """Save the decision for the shown task (committed), then show the next one."""
+    if not task:
+        return next_view(ctx, user, mode, site)
+    spent = int(1000 * (time.time() - task.get("shown_at", time.time())))
+    if key == "skip":
+        Q.skip(ctx.db, task["task_id"], user.name)
+        return next_view(ctx, user, mode, site, "Skipped.")
+    kind = task["kind"]
+    if kind == "pair":
+        value = Q.pair_value_from_shown(key, task["shown_order"])
+    elif kind == "single":
+        value = {"a": "good", "good": "good", "x": "bad", "bad": "bad"}.get(key)
+    else:
+        value = "written"
+    if value is None:
+        raise UserError(f"The key {key!r} does not label a {kind} task.")
+    try:
+        Q.save_annotation(ctx.db, task["task_id"], user.name, value, text=text if kind == "write" else None,
+                          shown_order=task.get("shown_order"), time_ms=spent, site=task.get("site"))
+    except Q.LabelError as e:
+        raise UserError(str(e)) from None
+    return next_view(ctx, user, mode, site, f"Saved: {VALUE_NAMES.get(value, value)}.")
+
+
+def undo(ctx: AppContext, user: User, mode: str) -> dict:
+    task = Q.undo_last(ctx.db, user.name)
+    if task is None:
+        raise UserError("Nothing to undo.")
+    return view(ctx, user, task, mode, "Undone: that decision is withdrawn; here it is again.")
+
+
+def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
+    if annotation_id in (None, ""):
+        raise UserError("Pick a decision from the history first.")
+    value = {"👍 good": "good", "👎 bad": "bad", "answer A": "a", "answer B": "b", "tie": "tie",
+             "both bad": "both_bad"}.get(new_value, new_value)
+    try:
+        Q.edit_annotation(ctx.db, int(annotation_id), user.name, value)
+    except (Q.LabelError, ValueError) as e:
+        raise UserError(str(e)) from None
+    return view(ctx, user, task, mode, f"Changed decision #{int(annotation_id)} to {VALUE_NAMES.get(value, value)}.")
+
+
+# -- layout -------------------------------------------------------------------------------------------------------------
+def _progress_html(p: dict) -> str:
+    total = max(p["total"], 1)
+    done = p["total"] - min(p["remaining"], p["total"])
+    pct = int(100 * done / total) if p["total"] else 0
+    return (f"<div class='preflab-progress'><div style='background:#e5e7eb;border-radius:6px;height:10px'>"
+            f"<div style='width:{pct}%;background:#16a34a;height:10px;border-radius:6px'></div></div>"
+            f"<small>mine <b>{p['mine']}</b> · everyone <b>{p['everyone']}</b> · remaining <b>{p['remaining']}</b>"
+            f" of {p['total']} tasks</small></div>")
+
+
+def build(ctx: AppContext) -> None:
+    sites = [r[0] for r in ctx.db.fetchall("SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
+    task_state = gr.State(None)
+    with gr.Row():
+        mode = gr.Radio(list(MODES), value="Good / bad", label="Mode", scale=2)
+        site = gr.Dropdown(["(all sites)"] + sites, value="(all sites)", label="Site", scale=1)
+        start = gr.Button("Start / next", variant="primary", scale=1, elem_id="label-start")
+    progress = gr.HTML()
+    with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines") as guide:
+        gr.Markdown(ctx.db.get_setting("guidelines", "No guidelines yet."), elem_id="guidelines-text")
+    note = gr.Markdown(elem_id="label-note")
+    prompt = gr.Markdown(elem_id="label-prompt", elem_classes=["preflab-text"], label="Prompt")
+    with gr.Row():
+        with gr.Column():
+            resp1 = gr.Markdown(elem_id="label-response-1", elem_classes=["preflab-text"])
+        with gr.Column(visible=False) as col2:
+            resp2 = gr.Markdown(elem_id="label-response-2", elem_classes=["preflab-text"])
+    write_box = gr.Textbox(label="Ideal answer (ctrl+enter to submit)", lines=6, visible=False, elem_id="label-write")
+    with gr.Row(visible=True) as single_row:
+        b_good = gr.Button("👍 Good (a)", elem_id="key-a")
+        b_bad = gr.Button("👎 Bad (x)", elem_id="key-x")
+    with gr.Row(visible=False) as pair_row:
+        b_1 = gr.Button("Left is better (1)", elem_id="key-1")
+        b_2 = gr.Button("Right is better (2)", elem_id="key-2")
+        b_3 = gr.Button("Tie (3)", elem_id="key-3")
+        b_0 = gr.Button("Both bad (0)", elem_id="key-0")
+    with gr.Row(visible=False) as write_row:
+        b_submit = gr.Button("Submit (ctrl+enter)", variant="primary", elem_id="key-submit")
+    with gr.Row():
+        b_skip = gr.Button("Skip (space)", elem_id="key-space", size="sm")
+        b_undo = gr.Button("Undo (backspace)", elem_id="key-undo", size="sm")
+    with gr.Accordion("My last 10 decisions", open=True):
+        hist = gr.Dataframe(headers=["#", "prompt", "decision", "time"], interactive=False, elem_id="label-history")
+        with gr.Row():
+            edit_id = gr.Number(label="Decision #", precision=0, scale=1)
+            edit_value = gr.Dropdown(["👍 good", "👎 bad", "answer A", "answer B", "tie", "both bad"],
+                                     label="Change to", scale=1)
+            b_edit = gr.Button("Change", scale=1, elem_id="label-edit")
+
+    outputs = [task_state, note, prompt, resp1, resp2, col2, write_box, single_row, pair_row, write_row, progress, hist]
+
+    def render(v: dict):
+        kind = v["kind"]
+        rs = v["responses"]
+        has_task = v["task"] is not None
+        return (
+            v["task"], v["note"], v["prompt"],
+            (rs[0] if rs else ("" if kind != "write" or not has_task else "")),
+            (rs[1] if len(rs) > 1 else ""),
+            gr.update(visible=kind == "pair"),
+            gr.update(visible=kind == "write" and has_task, value=(v["task"] or {}).get("responses", [""])[0]
+                      if kind == "write" and v["task"] and v["task"]["responses"] else ""),
+            gr.update(visible=kind == "single" and has_task),
+            gr.update(visible=kind == "pair" and has_task),
+            gr.update(visible=kind == "write" and has_task),
+            _progress_html(v["progress"]),
+            v["history"],
+        )
+
+    def who(request: gr.Request) -> User:
+        return ctx.user(request)
+
+    def _site(s):
+        return None if s in (None, "(all sites)") else s
+
+    @friendly
+    def on_next(m, s, request: gr.Request):
+        return render(next_view(ctx, who(request), m, _site(s)))
+
+    def make_decider(key: str):
+        @friendly
+        def handler(task, m, s, text, request: gr.Request):
+            return render(decide(ctx, who(request), task, key, m, _site(s), text))
+        handler.__name__ = f"decide_{key}"
+        return handler
+
+    @friendly
+    def on_undo(m, request: gr.Request):
+        return render(undo(ctx, who(request), m))
+
+    @friendly
+    def on_edit(aid, value, task, m, request: gr.Request):
+        return render(edit(ctx, who(request), aid, value, task, m))
+
+    start.click(on_next, [mode, site], outputs, api_name="label_next")
+    mode.change(on_next, [mode, site], outputs, api_name=False)
+    site.change(on_next, [mode, site], outputs, api_name=False)
+    for btn, key in ((b_good, "a"), (b_bad, "x"), (b_1, "1"), (b_2, "2"), (b_3, "3"), (b_0, "0"),
+                     (b_submit, "submit"), (b_skip, "skip")):
+        btn.click(make_decider(key), [task_state, mode, site, write_box], outputs, api_name=f"label_{key}")
+    b_undo.click(on_undo, [mode], outputs, api_name="label_undo")
+    b_edit.click(on_edit, [edit_id, edit_value, task_state, mode], outputs, api_name="label_edit")

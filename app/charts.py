@@ -1,0 +1,174 @@
+"""Charts for the Runs and Compare pages, each a SQL query over run_scalars / run_instances drawn with plotly,
+and alerts in words (likelihood displacement, KL running away, NaN)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from storage.db import Database
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def scalars(db: Database, run_ids: list[str], names: list[str], split: str = "train") -> pd.DataFrame:
+    if not run_ids or not names:
+        return pd.DataFrame(columns=["run_id", "step", "name", "value", "site"])
+    return db.df(f"""SELECT run_id, step, name, value, site FROM run_scalars
+                     WHERE run_id IN ({', '.join('?' * len(run_ids))}) AND name IN ({', '.join('?' * len(names))})
+                       AND split = ? ORDER BY run_id, step""", [*run_ids, *names, split])
+
+
+def _fig(title: str, ytitle: str = "") -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, height=300, margin=dict(l=40, r=10, t=40, b=30), xaxis_title="step",
+                      yaxis_title=ytitle, legend=dict(orientation="h", y=-0.25), template="plotly_white")
+    return fig
+
+
+def line_chart(db: Database, run_ids: list[str], names: list[str], title: str, labels: dict | None = None,
+               by_site: bool = False) -> go.Figure:
+    df = scalars(db, run_ids, names)
+    fig = _fig(title)
+    if df.empty:
+        fig.add_annotation(text="no data yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    keys = ["run_id", "name"] + (["site"] if by_site else [])
+    for key, g in df.groupby(keys, dropna=False):
+        run, name = key[0], key[1]
+        label = (labels or {}).get(name, name)
+        if len(run_ids) > 1:
+            label = f"{run} · {label}"
+        if by_site and isinstance(key[2], str):
+            label += f" · {key[2]}"
+        g = g.groupby("step", as_index=False)["value"].mean()
+        fig.add_trace(go.Scatter(x=g.step, y=g.value, mode="lines+markers", name=label, marker=dict(size=4)))
+    return fig
+
+
+def loss_chart(db, run_ids):
+    return line_chart(db, run_ids, ["loss"], "Loss")
+
+
+def rewards_chart(db, run_ids):
+    return line_chart(db, run_ids, ["rewards/chosen", "rewards/rejected", "rewards/margins"], "Rewards",
+                      {"rewards/chosen": "chosen / good", "rewards/rejected": "rejected / bad"})
+
+
+def logps_chart(db, run_ids):
+    return line_chart(db, run_ids, ["logps/chosen", "logps/rejected"], "Log-probabilities of the answers")
+
+
+def accuracy_chart(db, run_ids):
+    return line_chart(db, run_ids, ["rewards/accuracies"], "Reward accuracy (chosen above rejected)")
+
+
+def kl_chart(db, run_ids):
+    return line_chart(db, run_ids, ["kl", "m_theta"], "KL estimate (KTO z₀) and mean m_θ")
+
+
+def beta_chart(db: Database, run_id: str) -> go.Figure:
+    """ε-DPO: the global β over steps and the share of instances whose β̃ was relaxed / tightened / kept."""
+    df = scalars(db, [run_id], ["kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps"])
+    fig = _fig("β trajectory (ε-DPO)")
+    if df.empty:
+        fig.add_annotation(text="β moves only in ε-DPO runs", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    w = df.pivot_table(index="step", columns="name", values="value")
+    fig.add_trace(go.Scatter(x=w.index, y=w.get("kl/beta"), name="global β", mode="lines+markers", yaxis="y"))
+    relaxed, tightened = w.get("kl/p_epsilon_steps"), w.get("kl/n_epsilon_steps")
+    if relaxed is not None and tightened is not None:
+        fig.add_trace(go.Bar(x=w.index, y=relaxed, name="β̃ relaxed (s=+1)", yaxis="y2", opacity=0.5))
+        fig.add_trace(go.Bar(x=w.index, y=tightened, name="β̃ tightened (s=−1)", yaxis="y2", opacity=0.5))
+        fig.add_trace(go.Bar(x=w.index, y=1 - relaxed - tightened, name="β̃ kept", yaxis="y2", opacity=0.3))
+    fig.update_layout(barmode="stack", yaxis=dict(title="β"),
+                      yaxis2=dict(title="share of instances", overlaying="y", side="right", range=[0, 1]))
+    return fig
+
+
+def m_theta_bands(db: Database, run_id: str) -> go.Figure:
+    """m_θ per instance as quantile bands (10-90%, 25-75%, median) over steps, per side."""
+    df = db.df("""SELECT step, side, quantile_cont(m_theta, [0.1, 0.25, 0.5, 0.75, 0.9]) AS q
+                  FROM run_instances WHERE run_id = ? AND m_theta IS NOT NULL AND side <> 'kl'
+                  GROUP BY step, side ORDER BY step""", [run_id])
+    fig = _fig("Deviation m_θ per instance (quantile bands)", "m_θ")
+    if df.empty:
+        fig.add_annotation(text="no instances yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    colors = {"chosen": "22,163,74", "desirable": "22,163,74", "rejected": "220,38,38", "undesirable": "220,38,38",
+              "sft": "37,99,235"}
+    for side, g in df.groupby("side"):
+        q = pd.DataFrame(g["q"].tolist(), columns=QUANTILES, index=g["step"])
+        c = colors.get(side, "100,100,100")
+        for lo, hi, alpha in ((0.1, 0.9, 0.12), (0.25, 0.75, 0.25)):
+            fig.add_trace(go.Scatter(x=list(q.index) + list(q.index[::-1]), y=list(q[hi]) + list(q[lo][::-1]),
+                                     fill="toself", fillcolor=f"rgba({c},{alpha})", line=dict(width=0),
+                                     name=f"{side} {int(lo * 100)}–{int(hi * 100)}%", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=q.index, y=q[0.5], mode="lines", line=dict(color=f"rgb({c})"),
+                                 name=f"{side} median"))
+    return fig
+
+
+def m_theta_histogram(db: Database, run_id: str) -> go.Figure:
+    step = db.scalar("SELECT max(step) FROM run_instances WHERE run_id = ?", [run_id])
+    fig = _fig(f"m_θ now (step {step})" if step else "m_θ now", "count")
+    fig.update_layout(xaxis_title="m_θ", barmode="overlay")
+    if step is None:
+        return fig
+    df = db.df("SELECT side, m_theta FROM run_instances WHERE run_id = ? AND step = ?", [run_id, step])
+    for side, g in df.groupby("side"):
+        fig.add_trace(go.Histogram(x=g.m_theta, name=side, opacity=0.6, nbinsx=30))
+    return fig
+
+
+def minor_coef_chart(db, run_id):
+    return line_chart(db, [run_id], ["minor/coef", "minor/coef_min", "minor/coef_max"], "MinorSFT coefficient")
+
+
+def per_site_chart(db, run_id):
+    return line_chart(db, [run_id], ["loss"], "Loss per site", by_site=True)
+
+
+def extreme_instances(db: Database, run_id: str, n: int = 5) -> pd.DataFrame:
+    """The training examples with the most extreme m_θ at the latest step, with their prompt, answer and labels."""
+    step = db.scalar("SELECT max(step) FROM run_instances WHERE run_id = ?", [run_id])
+    if step is None:
+        return pd.DataFrame(columns=["m_θ", "side", "task", "prompt", "answer", "labels"])
+    df = db.df("""
+        WITH x AS (SELECT * FROM run_instances WHERE run_id = ? AND step = ?),
+        picked AS ((SELECT * FROM x ORDER BY m_theta DESC LIMIT ?) UNION ALL (SELECT * FROM x ORDER BY m_theta LIMIT ?))
+        SELECT DISTINCT picked.m_theta, picked.side, picked.task_id, p.text AS prompt,
+               CASE WHEN picked.side IN ('rejected', 'undesirable') AND t.kind = 'pair' THEN rb.text ELSE ra.text END AS answer,
+               (SELECT string_agg(annotator || ': ' || value, ', ') FROM (SELECT annotator, arg_max(value, id) AS value
+                  FROM annotations WHERE task_id = picked.task_id GROUP BY annotator)) AS labels
+        FROM picked LEFT JOIN tasks t ON t.id = picked.task_id LEFT JOIN prompts p ON p.id = t.prompt_id
+        LEFT JOIN responses ra ON ra.id = t.response_a LEFT JOIN responses rb ON rb.id = t.response_b
+        ORDER BY picked.m_theta DESC""", [run_id, step, n, n])
+    df["prompt"] = df["prompt"].fillna("").str.slice(0, 120)
+    df["answer"] = df["answer"].fillna("").str.slice(0, 120)
+    return df.rename(columns={"m_theta": "m_θ", "task_id": "task"})
+
+
+def alerts(db: Database, run_id: str) -> list[str]:
+    """Plain-words warnings about a run's health."""
+    out = []
+    df = scalars(db, [run_id], ["loss", "logps/chosen", "logps/rejected", "kl", "m_theta"])
+    if df.empty:
+        return out
+    w = df.pivot_table(index="step", columns="name", values="value", aggfunc="mean").sort_index()
+    if w.isna().all().any() or any(not math.isfinite(v) for v in df["value"]):
+        out.append("Some values are NaN or infinite: the run has diverged. Lower the learning rate.")
+    if len(w) >= 6 and {"logps/chosen", "logps/rejected"} <= set(w.columns):
+        first, last = w.iloc[: len(w) // 3].mean(), w.iloc[-(len(w) // 3):].mean()
+        if last["logps/chosen"] < first["logps/chosen"] - 1 and last["logps/rejected"] < first["logps/rejected"] - 1:
+            out.append("Likelihood displacement: both the chosen and the rejected answers are becoming less likely. "
+                       "The model is pushing the pair apart by lowering both; consider a larger β or fewer steps.")
+    for name in ("kl", "m_theta"):
+        if name in w and len(w[name].dropna()) >= 4:
+            s = w[name].dropna()
+            if abs(s.iloc[-1]) > 0.5 and abs(s.iloc[-1]) > 3 * max(abs(s.iloc[: len(s) // 2]).mean(), 1e-3):
+                out.append(f"KL is running away ({name} = {s.iloc[-1]:.2f}): the model is drifting far from the "
+                           "reference. Raise β or lower the learning rate.")
+                break
+    return out

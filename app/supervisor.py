@@ -1,0 +1,212 @@
+"""The job supervisor: a thread in the app that starts queued jobs one at a time, watches their heartbeats, and
+ingests their metrics and per-instance values into DuckDB as they arrive, so every chart is a SQL query.
+
+Jobs are separate processes in their own session: closing the browser or restarting the app never stops them.
+On start the supervisor re-attaches to runs marked running (pid + heartbeat), re-ingesting their files from the
+beginning (ingest is idempotent: a run's rows are replaced, never duplicated).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from app.context import AppContext, UserError
+from storage import rundir
+
+log = logging.getLogger("preflab.supervisor")
+ROOT = Path(__file__).resolve().parents[1]
+META_KEYS = {"step", "time", "split", "site", "round"}
+
+
+class Supervisor:
+    def __init__(self, ctx: AppContext, poll_s: float = 1.0):
+        self.ctx, self.db, self.poll_s = ctx, ctx.db, poll_s
+        self._offsets: dict[str, int] = {}       # run id -> bytes of metrics.jsonl ingested
+        self._files: dict[str, set[str]] = {}    # run id -> instance files ingested
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> "Supervisor":
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the supervisor must outlive any one bad run
+                log.exception("supervisor tick failed")
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    # -- one pass -------------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        for run_id, run_dir, state in self.db.fetchall(
+                "SELECT id, run_dir, state FROM runs WHERE state IN ('running', 'stopping') ORDER BY created_at"):
+            self._watch(run_id, Path(run_dir))
+        if not self.db.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping')"):
+            nxt = self.db.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' ORDER BY created_at LIMIT 1")
+            if nxt:
+                self._launch(nxt[0], Path(nxt[1]))
+
+    def _launch(self, run_id: str, run_dir: Path) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        logf = open(run_dir / rundir.LOG, "ab")
+        # no shell: the run directory path is passed as one argument; own session: survives the app
+        proc = subprocess.Popen([sys.executable, "-m", "training", str(run_dir)], cwd=str(ROOT), env=env,
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        logf.close()
+        self._procs[run_id] = proc
+        rundir.write_status(run_dir, state="running", pid=proc.pid, phase="starting")
+        self.db.execute("UPDATE runs SET state = 'running', pid = ?, started_at = coalesce(started_at, current_timestamp),"
+                        " error = NULL WHERE id = ?", [proc.pid, run_id])
+        log.info("started run %s (pid %s)", run_id, proc.pid)
+
+    def _watch(self, run_id: str, run_dir: Path) -> None:
+        proc = self._procs.get(run_id)
+        if proc is not None:
+            proc.poll()   # reap a finished child so its pid reads as gone
+        self.ingest(run_id, run_dir)
+        st = rundir.read_status(run_dir) or {}
+        state = st.get("state", "running")
+        if state in rundir.FINAL_STATES:
+            self.ingest(run_id, run_dir)
+            self._finish(run_id, run_dir, state, st.get("error"))
+        elif not rundir.is_alive(st):
+            started = st.get("heartbeat", 0)
+            if time.time() - started < 10 and proc is not None and proc.poll() is None:
+                return   # just launched, first heartbeat not yet written
+            reason = "The job process ended without saying why"
+            tail = _log_tail(run_dir)
+            if tail:
+                reason += f"; the last line of its log: {tail}"
+            rundir.write_status(run_dir, state="failed", error=reason + ".")
+            self._finish(run_id, run_dir, "failed", reason + ".")
+        self.db.execute("UPDATE runs SET step = ?, total_steps = ? WHERE id = ?",
+                        [int(st.get("step") or 0), st.get("total"), run_id])
+
+    def _finish(self, run_id: str, run_dir: Path, state: str, error: str | None) -> None:
+        self.db.execute("UPDATE runs SET state = ?, error = ?, finished_at = current_timestamp WHERE id = ?",
+                        [state, error, run_id])
+        self._procs.pop(run_id, None)
+        kind = self.db.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
+        if state == "finished" and kind == "generate":
+            self._tasks_from_generations(run_id, run_dir)
+        log.info("run %s %s", run_id, state)
+
+    def _tasks_from_generations(self, run_id: str, run_dir: Path) -> None:
+        """Answers of a generation job join the labeling queues: one good/bad task per answer, and a blind pair
+        task for each prompt with two or more answers."""
+        from labeling.queue import create_task
+
+        path = run_dir / rundir.GENERATIONS
+        if not path.exists():
+            return
+        gen = pd.read_parquet(path)
+        for (prompt, site), g in gen.groupby(["prompt", gen["site"].fillna("")], sort=False):
+            answers = [a for a in g.sort_values("sample")["response"].tolist() if a and a.strip()]
+            for a in answers:
+                create_task(self.db, "single", prompt, [a], site=site or None, source=f"run:{run_id}", run_id=run_id)
+            if len(answers) >= 2:
+                create_task(self.db, "pair", prompt, answers[:2], site=site or None, source=f"run:{run_id}",
+                            run_id=run_id)
+
+    # -- ingest ---------------------------------------------------------------------------------------------------
+    def ingest(self, run_id: str, run_dir: Path) -> int:
+        """Bring new metrics lines and instance files into DuckDB. Returns the number of new metric rows."""
+        if run_id not in self._offsets:   # first sight in this process: start clean, so nothing is doubled
+            with self.db.transaction():
+                self.db.execute("DELETE FROM run_scalars WHERE run_id = ?", [run_id])
+                self.db.execute("DELETE FROM run_instances WHERE run_id = ?", [run_id])
+            self._offsets[run_id], self._files[run_id] = 0, set()
+        records, offset = rundir.read_metrics(run_dir, self._offsets[run_id])
+        rows = [(run_id, int(r.get("step", 0)), k, float(v), r.get("site"), r.get("split", "train"))
+                for r in records for k, v in r.items()
+                if k not in META_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        new_files = [f for f in rundir.instance_files(run_dir) if f.name not in self._files[run_id]]
+        with self.db.transaction():
+            if rows:
+                self.db.con.executemany("INSERT INTO run_scalars (run_id, step, name, value, site, split) "
+                                        "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            for f in new_files:
+                self.db.execute("""INSERT INTO run_instances SELECT ?, step, example_id, task_id, site, side,
+                                   policy_logp, ref_logp, n_tokens, m_theta, beta_i, loss FROM read_parquet(?)""",
+                                [run_id, str(f)])
+        self._offsets[run_id] = offset
+        self._files[run_id].update(f.name for f in new_files)
+        return len(rows)
+
+    # -- user actions ---------------------------------------------------------------------------------------------
+    def stop(self, run_id: str) -> str:
+        row = self.db.fetchone("SELECT state, pid, run_dir FROM runs WHERE id = ?", [run_id])
+        if row is None:
+            raise UserError(f"There is no run {run_id}.")
+        state, pid, run_dir = row
+        if state == "queued":
+            self.db.execute("UPDATE runs SET state = 'stopped' WHERE id = ?", [run_id])
+            rundir.write_status(run_dir, state="stopped")
+            return "Removed from the queue."
+        if state != "running" or not pid:
+            raise UserError(f"Run {run_id} is {state}; only a running or queued run can be stopped.")
+        try:
+            os.kill(int(pid), signal.SIGTERM)   # the job checkpoints at the end of its current step
+        except ProcessLookupError:
+            pass
+        self.db.execute("UPDATE runs SET state = 'stopping' WHERE id = ?", [run_id])
+        return "Stopping: the job saves a checkpoint at the end of its current step."
+
+    def resume(self, run_id: str) -> str:
+        state = self.db.scalar("SELECT state FROM runs WHERE id = ?", [run_id])
+        if state not in ("stopped", "failed"):
+            raise UserError(f"Run {run_id} is {state}; only a stopped or failed run can be resumed.")
+        self.db.execute("UPDATE runs SET state = 'queued', error = NULL, finished_at = NULL WHERE id = ?", [run_id])
+        self.wake()
+        return "Queued again: it continues from its last checkpoint."
+
+    def delete(self, run_id: str) -> str:
+        import shutil
+
+        row = self.db.fetchone("SELECT state, run_dir FROM runs WHERE id = ?", [run_id])
+        if row is None:
+            raise UserError(f"There is no run {run_id}.")
+        if row[0] in ("running", "stopping"):
+            raise UserError("Stop the run before deleting it.")
+        with self.db.transaction():
+            for t in ("run_scalars", "run_instances"):
+                self.db.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+            self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+        shutil.rmtree(row[1], ignore_errors=True)
+        self._offsets.pop(run_id, None)
+        return f"Run {run_id} deleted."
+
+
+def _log_tail(run_dir: Path) -> str:
+    try:
+        lines = [l.strip() for l in (run_dir / rundir.LOG).read_text(errors="replace").splitlines() if l.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1][-300:] if lines else ""

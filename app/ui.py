@@ -19,7 +19,9 @@ PAGES = [
 ]
 
 CSS = """
-.preflab-text { white-space: pre-wrap; }
+.preflab-card { border: 1px solid #d1d5db; border-radius: 8px; padding: 4px 14px; background: #f9fafb;
+                min-height: 2.5em; max-height: 420px; overflow-y: auto; }
+.preflab-head { margin-bottom: -10px; }
 """
 
 

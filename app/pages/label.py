@@ -15,7 +15,7 @@ from labeling import queue as Q
 from labeling.render import safe_markdown
 
 MODES = {"Good / bad": "single", "Pairs": "pair", "Write": "write"}
-VALUE_NAMES = {"good": "👍 good", "bad": "👎 bad", "a": "answer A", "b": "answer B", "tie": "tie",
+VALUE_NAMES = {"good": "good", "bad": "bad", "a": "answer A", "b": "answer B", "tie": "tie",
                "both_bad": "both bad", "written": "written", "skip": "skipped"}
 
 
@@ -85,7 +85,7 @@ def undo(ctx: AppContext, user: User, mode: str) -> dict:
 def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
     if annotation_id in (None, ""):
         raise UserError("Pick a decision from the history first.")
-    value = {"👍 good": "good", "👎 bad": "bad", "answer A": "a", "answer B": "b", "tie": "tie",
+    value = {"good": "good", "bad": "bad", "answer A": "a", "answer B": "b", "tie": "tie",
              "both bad": "both_bad"}.get(new_value, new_value)
     try:
         Q.edit_annotation(ctx.db, int(annotation_id), user.name, value)
@@ -116,16 +116,19 @@ def build(ctx: AppContext) -> None:
     with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines") as guide:
         gr.Markdown(ctx.db.get_setting("guidelines", "No guidelines yet."), elem_id="guidelines-text")
     note = gr.Markdown(elem_id="label-note")
-    prompt = gr.Markdown(elem_id="label-prompt", elem_classes=["preflab-text"], label="Prompt")
+    gr.Markdown("**Prompt**", elem_classes=["preflab-head"])
+    prompt = gr.Markdown(elem_id="label-prompt", elem_classes=["preflab-card"])
     with gr.Row():
         with gr.Column():
-            resp1 = gr.Markdown(elem_id="label-response-1", elem_classes=["preflab-text"])
+            gr.Markdown("**Answer** (left in pairs)", elem_classes=["preflab-head"])
+            resp1 = gr.Markdown(elem_id="label-response-1", elem_classes=["preflab-card"])
         with gr.Column(visible=False) as col2:
-            resp2 = gr.Markdown(elem_id="label-response-2", elem_classes=["preflab-text"])
+            gr.Markdown("**Answer** (right)", elem_classes=["preflab-head"])
+            resp2 = gr.Markdown(elem_id="label-response-2", elem_classes=["preflab-card"])
     write_box = gr.Textbox(label="Ideal answer (ctrl+enter to submit)", lines=6, visible=False, elem_id="label-write")
     with gr.Row(visible=True) as single_row:
-        b_good = gr.Button("👍 Good (a)", elem_id="key-a")
-        b_bad = gr.Button("👎 Bad (x)", elem_id="key-x")
+        b_good = gr.Button("Good (a)", elem_id="key-a", variant="primary")
+        b_bad = gr.Button("Bad (x)", elem_id="key-x", variant="stop")
     with gr.Row(visible=False) as pair_row:
         b_1 = gr.Button("Left is better (1)", elem_id="key-1")
         b_2 = gr.Button("Right is better (2)", elem_id="key-2")
@@ -140,7 +143,7 @@ def build(ctx: AppContext) -> None:
         hist = gr.Dataframe(headers=["#", "prompt", "decision", "time"], interactive=False, elem_id="label-history")
         with gr.Row():
             edit_id = gr.Number(label="Decision #", precision=0, scale=1)
-            edit_value = gr.Dropdown(["👍 good", "👎 bad", "answer A", "answer B", "tie", "both bad"],
+            edit_value = gr.Dropdown(["good", "bad", "answer A", "answer B", "tie", "both bad"],
                                      label="Change to", scale=1)
             b_edit = gr.Button("Change", scale=1, elem_id="label-edit")
 

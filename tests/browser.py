@@ -1,0 +1,89 @@
+"""Browser-test helpers: start the real app on a free loopback port with its own PREFLAB_HOME, and drive Debian's
+chromium through Playwright."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(os.environ.get("PREFLAB_SCREENSHOTS", "/tmp/preflab-screenshots"))
+
+
+def need_chromium():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian chromium installed (.ci/run installs it).")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver).")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(home: Path, auth: bool = False, env: dict | None = None):
+    port = free_port()
+    e = {**os.environ, "PREFLAB_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
+         **(env or {})}
+    cmd = [sys.executable, "-m", "app", "serve", "--port", str(port)] + (["--auth"] if auth else [])
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the app exited: {(home / 'server.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def login(page, url: str, name: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#label-start")

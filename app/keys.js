@@ -13,7 +13,9 @@
   };
   document.addEventListener("keydown", (e) => {
     const t = e.target;
-    const typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable);
+    const textTypes = ["text", "search", "email", "password", "number", "url", "tel"];
+    const typing = t && (t.tagName === "TEXTAREA" || t.isContentEditable ||
+                         (t.tagName === "INPUT" && textTypes.includes((t.type || "text").toLowerCase())));
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       if (click("key-submit")) e.preventDefault();
       return;

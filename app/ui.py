@@ -27,8 +27,13 @@ CSS = """
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Preflab") as demo:
+        on_load = []
         for title, module in PAGES:
             page = importlib.import_module(module)
             with gr.Tab(title, id=title.lower()):
-                page.build(ctx)
+                hook = page.build(ctx)   # a page may return a function to run on every page load
+            if callable(hook):
+                on_load.append(hook)
+        for hook in on_load:
+            hook(demo)
     return demo

@@ -180,3 +180,4 @@ def build(ctx: AppContext) -> None:
     g_btn.click(on_guidelines, [g_text], g_msg, api_name="data_guidelines")
     u_btn.click(on_user, [u_name, u_pw, u_role, u_site], u_msg, api_name="data_add_user")
     d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve")
+    return lambda demo: demo.load(on_refresh, None, tables, api_name=False)

@@ -200,3 +200,4 @@ def build(ctx: AppContext) -> None:
         btn.click(make_decider(key), [task_state, mode, site, write_box], outputs, api_name=f"label_{key}")
     b_undo.click(on_undo, [mode], outputs, api_name="label_undo")
     b_edit.click(on_edit, [edit_id, edit_value, task_state, mode], outputs, api_name="label_edit")
+    return lambda demo: demo.load(on_next, [mode, site], outputs, api_name=False)

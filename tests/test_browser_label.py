@@ -1,0 +1,128 @@
+"""Labeling as a person does it, in Debian's chromium: keyboard-only good/bad and blind pairs, undo, an edit from
+the history, HTML in imported text shown as text, and an annotator refused admin actions (in the page and
+through a direct API call)."""
+import json
+
+import pytest
+
+from app.context import AppContext
+from labeling.accounts import set_user
+from labeling.importer import import_file
+from tests.browser import browser_page, login, need_chromium, running_app, shot
+
+XSS_PROMPT = "Is this safe? <script>window.__xss = 1</script> **bold** <img src=x onerror=\"window.__xss = 2\">"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    need_chromium()
+    home = tmp_path_factory.mktemp("label-home")
+    ctx = AppContext(home=home)
+    singles = [{"prompt": f"Question {i}: how do I fix pump {i}?", "response": f"Answer {i}: check seal {i}.",
+                "site": "plant-a"} for i in range(22)]
+    singles.append({"prompt": XSS_PROMPT, "response": "<script>window.__xss = 3</script>plain answer", "site": "plant-a"})
+    pairs = [{"prompt": f"Pair question {i}", "response_a": f"First answer {i}", "response_b": f"Second answer {i}",
+              "site": "plant-b"} for i in range(12)]
+    for name, rows in (("singles.jsonl", singles), ("pairs.jsonl", pairs)):
+        (home / name).write_text("\n".join(json.dumps(r) for r in rows))
+        assert import_file(ctx.db, home / name)["ok"]
+    set_user(ctx.db, "alice", "alice-pw", role="annotator", site="plant-a")
+    set_user(ctx.db, "boss", "boss-pw", role="admin")
+    ctx.db.close()
+    return home
+
+
+def mine(page, n):
+    """Wait until the progress bar says this annotator has n current labels (screenshot if it never does)."""
+    try:
+        page.wait_for_function(f"() => document.body.innerText.includes('mine {n} ·')", timeout=20000)
+    except Exception:
+        shot(page, f"label-failed-waiting-for-{n}")
+        raise
+
+
+def test_annotator_labels_with_the_keyboard(home):
+    with running_app(home, auth=True) as (url, _), browser_page() as page:
+        login(page, url, "alice", "alice-pw")
+        mine(page, 0)
+        page.wait_for_selector("#label-prompt")
+        shot(page, "label-start")
+        saw_xss = False
+        for i in range(20):
+            if "<script>" in page.inner_text("#label-prompt"):
+                saw_xss = True
+            page.keyboard.press("a" if i % 3 else "x")
+            mine(page, i + 1)
+        # undo the last decision: it comes back and can be labeled again
+        page.keyboard.press("Backspace")
+        mine(page, 19)
+        page.keyboard.press("x")
+        mine(page, 20)
+        # the HTML in the imported prompt is shown as text and never executed
+        page.get_by_label("Good / bad").check()
+        for _ in range(5):
+            if "<script>" in page.inner_text("#label-prompt"):
+                saw_xss = True
+                break
+            page.keyboard.press("Space")
+            page.wait_for_timeout(600)
+        assert saw_xss, "the prompt with HTML in it was never shown"
+        assert page.evaluate("() => window.__xss") is None
+        assert page.locator("#label-prompt img").count() == 0 and page.locator("#label-prompt script").count() == 0
+        shot(page, "label-html-as-text")
+        # blind pairs
+        page.get_by_label("Pairs").check()
+        page.wait_for_function("() => document.body.innerText.includes('Pair question')")
+        for i in range(10):
+            page.keyboard.press("1" if i % 2 else "2")
+            mine(page, i + 1)
+        shot(page, "label-pairs-done")
+        # edit one decision from the history
+        page.wait_for_timeout(500)
+        first_id = int(next(t for t in page.inner_text("#label-history").split() if t.isdigit()))
+        page.get_by_label("Decision #").fill(str(first_id))
+        page.get_by_label("Change to").click()
+        page.get_by_role("option", name="tie").click()
+        page.click("#label-edit")
+        page.wait_for_function(f"() => document.body.innerText.includes('Changed decision #{first_id}')")
+        # the Data page refuses this annotator's admin actions
+        page.get_by_role("tab", name="Data").click()
+        page.get_by_text("Guidelines (admin)").click()
+        page.click("#data-guidelines-save")
+        page.wait_for_function("() => document.body.innerText.includes('only an admin can edit the guidelines')")
+        shot(page, "label-annotator-refused")
+
+    from storage.db import open_db
+
+    db = open_db(home / "preflab.duckdb")
+    rows = db.records("""SELECT a.*, t.kind FROM annotations a JOIN tasks t ON t.id = a.task_id
+                         WHERE a.annotator = 'alice' ORDER BY a.id""")
+    singles = [r for r in rows if r["kind"] == "single" and r["value"] in ("good", "bad")]
+    pairs = [r for r in rows if r["kind"] == "pair" and r["source"] == "app"]
+    assert len({r["task_id"] for r in singles}) == 20
+    assert any(r["value"] == "retracted" for r in rows)                  # the undo is a row, not a delete
+    assert len(pairs) == 10
+    orders = [r["shown_order"] for r in pairs]
+    for i, r in enumerate(pairs):                                         # key 1 = left, key 2 = right
+        pressed = "1" if i % 2 else "2"
+        left, right = r["shown_order"][0], r["shown_order"][1]
+        assert r["value"] == (left if pressed == "1" else right)
+    assert len(set(orders)) == 2, f"pair order never varied: {orders}"
+    edit = [r for r in rows if r["source"] == "edit"]
+    assert len(edit) == 1 and edit[0]["value"] == "tie" and edit[0]["supersedes"] is not None
+    assert db.get_setting("guidelines") is None                          # the refused edit changed nothing
+    db.close()
+
+
+def test_direct_api_calls_enforce_roles(home):
+    from gradio_client import Client
+
+    with running_app(home, auth=True) as (url, _):
+        alice = Client(url, auth=("alice", "alice-pw"), verbose=False)
+        for api, args in (("/data_guidelines", ["pwned"]), ("/data_export", ["preference", "jsonl", "drop"]),
+                          ("/data_add_user", ["mallory", "secret-pw", "admin", ""]),
+                          ("/run_stop", ["x"])):
+            with pytest.raises(Exception, match="only an admin"):
+                alice.predict(*args, api_name=api)
+        boss = Client(url, auth=("boss", "boss-pw"), verbose=False)
+        assert "saved" in boss.predict("Be kind.", api_name="/data_guidelines")

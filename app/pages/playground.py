@@ -1,6 +1,312 @@
-"""Placeholder until this page is built."""
+"""Try page: ask the base model or a finished run's model something, or two of them side by side (blind), watch
+the answer stream in shaded by the model's confidence, and turn an opinion about it into training data on the
+spot: 👍/👎 becomes a good/bad label (KTO), "left/right is better" a pair label (DPO), and "write the right answer"
+an SFT example. They are stored exactly like Label-page decisions (tasks + annotations, the annotator, their
+site), with source 'playground' and the run that produced the answer.
+
+The handlers below are plain functions of (ctx, user, state, inputs); `build` only lays out and wires them.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Iterator
+
 import gradio as gr
 
+from app.chat import Answer, ModelCache, ModelSpec, confidence_note, model_choices, shaded_html, stream_answer
+from app.context import AppContext, User, UserError, friendly
+from labeling import queue as Q
 
-def build(ctx):
-    gr.Markdown("This page is being built.")
+log = logging.getLogger("preflab")
+
+THRESHOLD_KEY = "low_confidence_logp"
+DEFAULT_THRESHOLD = -2.5   # mean log-prob per token; a fluent answer from a small instruct model sits near -1
+
+
+def threshold(ctx: AppContext) -> float:
+    return float(ctx.db.get_setting(THRESHOLD_KEY, str(DEFAULT_THRESHOLD)))
+
+
+def set_threshold(ctx: AppContext, user: User, value) -> str:
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can change the low-confidence threshold.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError("The threshold must be a number, e.g. -2.5 (mean log-probability per token).") from None
+    if not -20 <= v <= 0:
+        raise UserError(f"The threshold {v} is outside -20..0: it is a mean log-probability per token.")
+    ctx.db.set_setting(THRESHOLD_KEY, str(v))
+    return f"Answers with a mean log-probability per token below {v:.2f} are now flagged as low confidence."
+
+
+def find_spec(ctx: AppContext, key: str | None) -> ModelSpec:
+    specs = {s.key: s for s in model_choices(ctx)}
+    if not specs:
+        raise UserError("There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
+    if key not in specs:
+        raise UserError(f"The model {key!r} is not available (only the base model and finished runs are).")
+    return specs[key]
+
+
+# -- asking ---------------------------------------------------------------------------------------------------------
+def ask(ctx: AppContext, cache: ModelCache, prompt: str, keys: list[str], temperature: float = 0.7,
+        top_p: float = 0.95, max_new_tokens: int = 128, rng: random.Random | None = None,
+        seed: int | None = None) -> Iterator[tuple[dict, list[Answer]]]:
+    """Stream one answer per model in `keys` (two: interleaved token by token). Yields (state, answers in shown
+    order). With two models the left/right order is random, so the comparison is blind until revealed."""
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise UserError("Type a question first.")
+    keys = [k for k in keys if k]
+    if len(keys) == 2 and keys[0] == keys[1]:
+        raise UserError("Pick two different models to compare side by side.")
+    specs = [find_spec(ctx, k) for k in keys]
+    if not 0 <= float(temperature) <= 2 or not 0 < float(top_p) <= 1 or not 1 <= int(max_new_tokens) <= 2048:
+        raise UserError("Settings out of range: temperature 0-2, top-p above 0 up to 1, max new tokens 1-2048.")
+    order = [0, 1] if len(specs) == 2 else [0]
+    if len(specs) == 2:
+        (rng or random.Random()).shuffle(order)
+    state = {"prompt": prompt, "order": order,
+             "models": [{"key": s.key, "label": s.label, "run_id": s.run_id} for s in specs],
+             "texts": ["" for _ in specs], "mean_logp": [None for _ in specs]}
+    try:
+        entries = [cache.get(s) for s in specs]
+    except (OSError, ValueError) as e:
+        raise UserError(f"Could not load the model: {e}") from None
+    streams = [stream_answer(e, s.key if s.adapter_path else None, prompt, float(temperature), float(top_p),
+                             int(max_new_tokens), seed=None if seed is None else seed + i)
+               for i, (e, s) in enumerate(zip(entries, specs))]
+    answers = [Answer() for _ in specs]
+    live = set(range(len(specs)))
+    while live:
+        for i in sorted(live):
+            try:
+                answers[i] = next(streams[i])
+            except StopIteration:
+                live.discard(i)
+        for i, a in enumerate(answers):
+            state["texts"][i], state["mean_logp"][i] = a.text, a.mean_logp
+        yield state, [answers[i] for i in order]
+
+
+def _answer_at(state: dict | None, position: int) -> tuple[str, dict]:
+    """(text, model) of the answer shown at `position` (0 = left or only)."""
+    if not state or not state.get("texts"):
+        raise UserError("Ask something first: there is no answer to rate yet.")
+    if position >= len(state["order"]):
+        raise UserError("There is no second answer: switch on side by side first.")
+    i = state["order"][position]
+    if not state["texts"][i].strip():
+        raise UserError("That answer is empty; ask again or write the right answer instead.")
+    return state["texts"][i], state["models"][i]
+
+
+def _make_room(ctx: AppContext, task_id: str, annotator: str) -> None:
+    """A playground opinion is always recorded: if the same prompt and answer already got all the labels a queue
+    asks for (e.g. a greedy answer someone else rated), this person's label becomes one more, not a refusal."""
+    ctx.db.execute("""UPDATE tasks SET required = n_done + 1 WHERE id = ? AND n_done >= required
+                      AND NOT EXISTS (SELECT 1 FROM annotations WHERE task_id = ? AND annotator = ?
+                                      AND value NOT IN ('skip', 'retracted'))""", [task_id, task_id, annotator])
+
+
+def _save(ctx: AppContext, user: User, kind: str, prompt: str, responses: list[str], value: str,
+          run_id: str | None, origins: list[str], text: str | None = None, shown_order: str | None = None) -> int:
+    try:
+        tid = Q.create_task(ctx.db, kind, prompt, responses, site=user.site, source="playground",
+                            run_id=run_id, origins=origins)
+        _make_room(ctx, tid, user.name)
+        return Q.save_annotation(ctx.db, tid, user.name, value, text=text, shown_order=shown_order,
+                                 source="playground", run_id=run_id, site=user.site)
+    except Q.LabelError as e:
+        raise UserError(str(e)) from None
+
+
+def rate(ctx: AppContext, user: User, state: dict | None, position: int, value: str) -> str:
+    """👍/👎 on one answer: a single task with this annotator's good/bad label (KTO data)."""
+    if value not in ("good", "bad"):
+        raise UserError(f"{value!r} is not a rating (good or bad).")
+    text, model = _answer_at(state, position)
+    aid = _save(ctx, user, "single", state["prompt"], [text], value, model["run_id"], [f"playground:{model['key']}"])
+    side = "" if len(state["order"]) == 1 else (" left", " right")[position]
+    return f"Saved: the{side} answer is {value} (label #{aid}, counted on the Data page)."
+
+
+def prefer(ctx: AppContext, user: User, state: dict | None, choice: str) -> str:
+    """'Left/right is better', tie or both bad on a side-by-side pair: a pair label (DPO data). The task keeps the
+    models in the order they were picked (a = first model); shown_order maps the blind sides back."""
+    if not state or len(state.get("order", [])) != 2:
+        raise UserError("Compare two models side by side first.")
+    for position in (0, 1):
+        _answer_at(state, position)
+    if state["texts"][0].strip() == state["texts"][1].strip():
+        raise UserError("Both answers are the same text: there is nothing to prefer. Ask again.")
+    shown_order = "".join("ab"[i] for i in state["order"])
+    value = Q.pair_value_from_shown(choice, shown_order)
+    winner = {"a": state["models"][0], "b": state["models"][1]}.get(value)
+    aid = _save(ctx, user, "pair", state["prompt"], state["texts"], value, winner["run_id"] if winner else None,
+                [f"playground:{m['key']}" for m in state["models"]], shown_order=shown_order)
+    said = {"1": "left is better", "2": "right is better", "3": "a tie", "0": "both bad"}[choice]
+    return f"Saved: {said} (pair label #{aid}). Reveal to see which model was which."
+
+
+def write_answer(ctx: AppContext, user: User, state: dict | None, text: str) -> str:
+    """'Write the right answer': an SFT example for this prompt (the model's answer kept as the draft)."""
+    if not state or not state.get("prompt"):
+        raise UserError("Ask something first: the written answer needs the question it answers.")
+    if not (text or "").strip():
+        raise UserError("The answer box is empty: write the right answer first.")
+    i = state["order"][0]
+    model = state["models"][i]
+    draft = [state["texts"][i]] if state["texts"][i].strip() else []
+    aid = _save(ctx, user, "write", state["prompt"], draft, "written", model["run_id"],
+                [f"playground:{model['key']}"], text=text.strip())
+    return f"Saved your answer as a training example (#{aid})."
+
+
+def reveal(state: dict | None) -> str:
+    if not state or len(state.get("order", [])) != 2:
+        return "Nothing to reveal: compare two models side by side first."
+    left, right = (state["models"][i]["label"] for i in state["order"])
+    return f"**Left:** {left} · **Right:** {right}"
+
+
+# -- layout ---------------------------------------------------------------------------------------------------------
+def _stream_friendly(fn):
+    """Like app.context.friendly, for a streaming (generator) handler."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - never a stack trace in the page
+            log.exception("try page: %s failed", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log.") from None
+    return wrapper
+
+
+def build(ctx: AppContext):
+    cache = ModelCache()
+    state = gr.State(None)
+    gr.Markdown("Ask a model a question from your work. Rate the answer, or write the right one: it becomes "
+                "training data like a label on the Label page. Redder text = the model was less sure.")
+    with gr.Row():
+        m1 = gr.Dropdown([], label="Model", scale=3, elem_id="try-model-1")
+        both = gr.Checkbox(label="Side by side (blind)", value=False, scale=1, elem_id="try-side-by-side")
+        m2 = gr.Dropdown([], label="Second model", scale=3, visible=False, elem_id="try-model-2")
+        refresh = gr.Button("Refresh models", size="sm", scale=1)
+    with gr.Accordion("Generation settings", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Temperature (0 = always the likeliest)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
+    prompt = gr.Textbox(label="Your question", lines=3, elem_id="try-prompt")
+    b_ask = gr.Button("Ask", variant="primary", elem_id="try-ask")
+    with gr.Row():
+        with gr.Column():
+            head1 = gr.Markdown("**Answer**")
+            out1 = gr.HTML(elem_id="try-answer-1", elem_classes=["preflab-card"])
+            conf1 = gr.Markdown(elem_id="try-confidence-1")
+            with gr.Row():
+                up1 = gr.Button("👍 Good", size="sm", elem_id="try-good-1")
+                down1 = gr.Button("👎 Bad", size="sm", elem_id="try-bad-1")
+        with gr.Column(visible=False) as col2:
+            gr.Markdown("**Right answer**")
+            out2 = gr.HTML(elem_id="try-answer-2", elem_classes=["preflab-card"])
+            conf2 = gr.Markdown(elem_id="try-confidence-2")
+            with gr.Row():
+                up2 = gr.Button("👍 Good", size="sm", elem_id="try-good-2")
+                down2 = gr.Button("👎 Bad", size="sm", elem_id="try-bad-2")
+    with gr.Row(visible=False) as pair_row:
+        p1 = gr.Button("Left is better", elem_id="try-left-better")
+        p2 = gr.Button("Right is better", elem_id="try-right-better")
+        p3 = gr.Button("Tie", elem_id="try-tie")
+        p0 = gr.Button("Both bad", elem_id="try-both-bad")
+        b_reveal = gr.Button("Reveal which is which", elem_id="try-reveal")
+    revealed = gr.Markdown(elem_id="try-revealed")
+    with gr.Accordion("Write the right answer", open=False):
+        written = gr.Textbox(label="The answer it should have given (starts from the model's answer)", lines=6,
+                             elem_id="try-write")
+        b_write = gr.Button("Save as a training example", elem_id="try-write-save")
+    note = gr.Markdown(elem_id="try-note")
+    with gr.Accordion("Low-confidence threshold (admin)", open=False):
+        thr = gr.Number(label="Flag answers whose mean log-probability per token is below", value=DEFAULT_THRESHOLD)
+        b_thr = gr.Button("Save threshold", elem_id="try-threshold-save")
+
+    def who(request: gr.Request) -> User:
+        return ctx.user(request)
+
+    @friendly
+    def on_models(first, second, request: gr.Request):
+        who(request)
+        specs = model_choices(ctx)
+        choices = [(s.label, s.key) for s in specs]
+        keys = [s.key for s in specs]
+        a = first if first in keys else (keys[0] if keys else None)
+        b = second if second in keys and second != a else next((k for k in keys if k != a), None)
+        return gr.update(choices=choices, value=a), gr.update(choices=choices, value=b), threshold(ctx)
+
+    @_stream_friendly
+    def on_ask(text, first, second, side_by_side, t, p, n, request: gr.Request):
+        who(request)
+        limit = threshold(ctx)
+        keys = [first, second] if side_by_side else [first]
+        if not first:
+            raise UserError("Pick a model first.")
+        for st, shown in ask(ctx, cache, text, keys, t, p, n):
+            draft = st["texts"][st["order"][0]]
+            yield (st, shaded_html(shown[0]), confidence_note(shown[0], limit),
+                   shaded_html(shown[1]) if len(shown) > 1 else "",
+                   confidence_note(shown[1], limit) if len(shown) > 1 else "",
+                   "**Left answer**" if len(shown) > 1 else f"**Answer** from {st['models'][0]['label']}",
+                   draft, "", "")
+
+    @friendly
+    def on_layout(side_by_side):
+        return gr.update(visible=side_by_side), gr.update(visible=side_by_side), gr.update(visible=side_by_side)
+
+    def make_rater(position: int, value: str):
+        @friendly
+        def handler(st, request: gr.Request):
+            return rate(ctx, who(request), st, position, value)
+        handler.__name__ = f"rate_{position + 1}_{value}"
+        return handler
+
+    def make_preferrer(choice: str):
+        @friendly
+        def handler(st, request: gr.Request):
+            return prefer(ctx, who(request), st, choice)
+        handler.__name__ = f"prefer_{choice}"
+        return handler
+
+    @friendly
+    def on_write(st, text, request: gr.Request):
+        return write_answer(ctx, who(request), st, text)
+
+    @friendly
+    def on_reveal(st, request: gr.Request):
+        who(request)
+        return reveal(st)
+
+    @friendly
+    def on_threshold(value, request: gr.Request):
+        return set_threshold(ctx, who(request), value)
+
+    model_outputs = [m1, m2, thr]
+    refresh.click(on_models, [m1, m2], model_outputs, api_name="try_models")
+    both.change(on_layout, [both], [m2, col2, pair_row], api_name=False)
+    b_ask.click(on_ask, [prompt, m1, m2, both, temperature, top_p, max_new],
+                [state, out1, conf1, out2, conf2, head1, written, revealed, note], api_name="try_ask")
+    for btn, pos, value in ((up1, 0, "good"), (down1, 0, "bad"), (up2, 1, "good"), (down2, 1, "bad")):
+        btn.click(make_rater(pos, value), [state], note, api_name=f"try_rate_{pos + 1}_{value}")
+    for btn, choice in ((p1, "1"), (p2, "2"), (p3, "3"), (p0, "0")):
+        btn.click(make_preferrer(choice), [state], note, api_name=f"try_prefer_{choice}")
+    b_reveal.click(on_reveal, [state], revealed, api_name="try_reveal")
+    b_write.click(on_write, [state, written], note, api_name="try_write")
+    b_thr.click(on_threshold, [thr], note, api_name="try_threshold")
+    return lambda demo: demo.load(on_models, [m1, m2], model_outputs, api_name=False)

@@ -123,11 +123,28 @@ def m_theta_histogram(db: Database, run_id: str) -> go.Figure:
 
 
 def minor_coef_chart(db, run_id):
-    return line_chart(db, [run_id], ["minor/coef", "minor/coef_min", "minor/coef_max"], "MinorSFT coefficient")
+    fig = line_chart(db, [run_id], ["minor/coef", "minor/coef_min", "minor/coef_max"], "MinorSFT coefficient")
+    if not fig.data:
+        fig.layout.annotations = []
+        fig.add_annotation(text="only MinorSFT runs have a coefficient", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+    return fig
 
 
-def per_site_chart(db, run_id):
-    return line_chart(db, [run_id], ["loss"], "Loss per site", by_site=True)
+def per_site_chart(db: Database, run_id: str) -> go.Figure:
+    """Mean per-instance loss and m_θ per site over steps (federated runs: each site's own curve)."""
+    df = db.df("""SELECT step, coalesce(site, '(no site)') AS site, avg(loss) AS loss, avg(m_theta) AS m
+                  FROM run_instances WHERE run_id = ? GROUP BY ALL ORDER BY step""", [run_id])
+    fig = _fig("Per site: mean loss (solid) and m_θ (dotted)")
+    if df.empty:
+        fig.add_annotation(text="no instances yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    for site, g in df.groupby("site"):
+        fig.add_trace(go.Scatter(x=g.step, y=g.loss, mode="lines+markers", name=f"{site} loss"))
+        fig.add_trace(go.Scatter(x=g.step, y=g.m, mode="lines", line=dict(dash="dot"), name=f"{site} m_θ",
+                                 yaxis="y2"))
+    fig.update_layout(yaxis2=dict(title="m_θ", overlaying="y", side="right"))
+    return fig
 
 
 def extreme_instances(db: Database, run_id: str, n: int = 5) -> pd.DataFrame:

@@ -170,6 +170,7 @@ def build(ctx: AppContext) -> None:
         return create_ab_tasks(ctx, ctx.user(request), ids[0], ids[1])
 
     b_load.click(on_load, None, pick, api_name=False)
-    pick.focus(on_load, None, pick, api_name=False)
+    gr.Timer(5.0).tick(on_load, None, pick, api_name=False, show_progress="hidden")
     b_go.click(on_compare, pick, [data_md, p_loss, p_m, p_acc, p_margin, held, cfg, gens], api_name="compare")
     b_ab.click(on_ab, pick, ab_msg, api_name="compare_ab")
+    return lambda demo: demo.load(on_load, None, pick, api_name=False)

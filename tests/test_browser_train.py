@@ -1,0 +1,80 @@
+"""From labels to a compared model in the browser: Train page -> run finishes on the Runs page with β and m_θ
+charts drawn -> a second run -> Compare. Uses the tiny model (PREFLAB_MODEL) so it runs in seconds."""
+import json
+
+import pytest
+
+from app.context import AppContext
+from labeling.importer import import_file
+from tests.browser import browser_page, need_chromium, running_app, shot
+from tests.jobdata import BAD, GOOD, PROMPTS
+
+
+@pytest.fixture
+def home(tmp_path):
+    need_chromium()
+    ctx = AppContext(home=tmp_path)
+    rows = [{"prompt": f"{PROMPTS[i % 8]} (case {i})", "chosen": GOOD[i % 8], "rejected": BAD[i % 8],
+             "site": ["maintenance", "support"][i % 2]} for i in range(24)]
+    (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert import_file(ctx.db, tmp_path / "prefs.jsonl")["ok"]
+    ctx.db.close()
+    return tmp_path
+
+
+def train_from_page(page, algorithm: str, steps: int):
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label(algorithm, exact=True).check()
+    if not page.get_by_label("Max steps").is_visible():
+        page.get_by_role("button", name="Settings ▼").click()
+    page.get_by_label("Max steps").fill(str(steps))
+    page.get_by_label("Batch size").fill("4")
+    page.get_by_label("Max length (tokens)").fill("64")
+    page.get_by_label("Max prompt length").fill("32")
+    page.keyboard.press("Tab")
+    page.click("#train-check")
+    page.wait_for_function("() => document.body.innerText.includes('Ready to train')")
+    page.click("#train-start")
+    page.wait_for_function("() => document.body.innerText.includes('queued. Watch it')")
+    return page.inner_text("#train-report").split("Run ")[1].split(" ")[0].strip("*")
+
+
+def test_label_train_watch_compare(home, tiny_model_dir):
+    with running_app(home, env={"PREFLAB_MODEL": str(tiny_model_dir)}) as (url, _), browser_page() as page:
+        page.goto(url)
+        page.wait_for_selector("#label-start")
+        first = train_from_page(page, "ε-DPO", 8)
+
+        shot(page, "train-queued")
+        page.get_by_role("tab", name="Runs").click()
+        page.wait_for_function(f"() => document.querySelector('#runs-status') && "
+                               f"document.querySelector('#runs-status').innerText.includes('is finished')",
+                               timeout=120000)
+        page.wait_for_timeout(2500)   # one more refresh so every chart holds the final points
+        # the β trajectory and the m_θ bands have data drawn
+        for plot in ("#runs-plot-5", "#runs-plot-6", "#runs-plot-0"):
+            assert page.locator(f"{plot} .scatterlayer .trace, {plot} .barlayer .trace").count() > 0, plot
+        assert "Examples with the most extreme" in page.inner_text("body")
+        shot(page, "runs-finished")
+        second = train_from_page(page, "DPO", 6)
+        page.get_by_role("tab", name="Runs").click()
+        page.wait_for_function(f"() => [...document.querySelectorAll('#runs-table tr')].some("
+                               f"r => r.innerText.includes('{second}') && r.innerText.includes('finished'))",
+                               timeout=120000)
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("button", name="Reload run list").click()
+        page.wait_for_timeout(1000)
+        for run in (first, second):
+            page.click("#compare-runs input")
+            page.keyboard.type(run)
+            page.wait_for_timeout(300)
+            shot(page, "compare-dropdown")
+            page.keyboard.press("Enter")
+        page.click("#compare-go")
+        page.wait_for_function("() => document.body.innerText.includes('Settings that differ')")
+        page.wait_for_function(f"() => document.querySelector('#compare-heldout').innerText.includes('{first}')")
+        page.wait_for_function(f"() => document.querySelector('#compare-heldout').innerText.includes('{second}')")
+        shot(page, "compare")
+        assert "algorithm" in page.inner_text("body")
+        # both runs' loss curves are overlaid
+        assert page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").count() == 2

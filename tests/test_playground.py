@@ -174,7 +174,12 @@ def test_refusals_are_sentences(tctx, cache):
         run_to_end(P.ask(tctx, cache, "Hi", ["base", "base"]))
     with pytest.raises(UserError, match="not available"):
         run_to_end(P.ask(tctx, cache, "Hi", ["no-such-run"]))
-    state, _ = run_to_end(P.ask(tctx, cache, "Hi", ["base"], max_new_tokens=3, seed=0))
+    streaming = P.ask(tctx, cache, "Hi", ["base"], max_new_tokens=3, seed=0)
+    partial, _ = next(streaming)
+    with pytest.raises(UserError, match="still being written"):          # a click while the answer streams in
+        P.rate(tctx, ANN, partial, 0, "bad")
+    state, _ = run_to_end(streaming)
+    assert state["done"]
     with pytest.raises(UserError, match="side by side"):
         P.prefer(tctx, ANN, state, "1")
 

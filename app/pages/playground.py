@@ -69,7 +69,7 @@ def ask(ctx: AppContext, cache: ModelCache, prompt: str, keys: list[str], temper
     order = [0, 1] if len(specs) == 2 else [0]
     if len(specs) == 2:
         (rng or random.Random()).shuffle(order)
-    state = {"prompt": prompt, "order": order,
+    state = {"prompt": prompt, "order": order, "done": False,
              "models": [{"key": s.key, "label": s.label, "run_id": s.run_id} for s in specs],
              "texts": ["" for _ in specs], "mean_logp": [None for _ in specs]}
     try:
@@ -89,6 +89,7 @@ def ask(ctx: AppContext, cache: ModelCache, prompt: str, keys: list[str], temper
                 live.discard(i)
         for i, a in enumerate(answers):
             state["texts"][i], state["mean_logp"][i] = a.text, a.mean_logp
+        state["done"] = all(a.done for a in answers)
         yield state, [answers[i] for i in order]
 
 
@@ -96,6 +97,8 @@ def _answer_at(state: dict | None, position: int) -> tuple[str, dict]:
     """(text, model) of the answer shown at `position` (0 = left or only)."""
     if not state or not state.get("texts"):
         raise UserError("Ask something first: there is no answer to rate yet.")
+    if not state.get("done"):
+        raise UserError("The answer is still being written; rate it when it is finished.")
     if position >= len(state["order"]):
         raise UserError("There is no second answer: switch on side by side first.")
     i = state["order"][position]
@@ -156,6 +159,8 @@ def write_answer(ctx: AppContext, user: User, state: dict | None, text: str) -> 
     """'Write the right answer': an SFT example for this prompt (the model's answer kept as the draft)."""
     if not state or not state.get("prompt"):
         raise UserError("Ask something first: the written answer needs the question it answers.")
+    if not state.get("done"):
+        raise UserError("The answer is still being written; wait for it to finish first.")
     if not (text or "").strip():
         raise UserError("The answer box is empty: write the right answer first.")
     i = state["order"][0]
@@ -258,13 +263,17 @@ def build(ctx: AppContext):
         keys = [first, second] if side_by_side else [first]
         if not first:
             raise UserError("Pick a model first.")
+        first_update = True
         for st, shown in ask(ctx, cache, text, keys, t, p, n):
-            draft = st["texts"][st["order"][0]]
-            yield (st, shaded_html(shown[0]), confidence_note(shown[0], limit),
-                   shaded_html(shown[1]) if len(shown) > 1 else "",
-                   confidence_note(shown[1], limit) if len(shown) > 1 else "",
+            # the confidence note and the draft come once the answer is complete; the old note and reveal are
+            # cleared once, so a "Saved" message from a click during streaming is not wiped by the next token
+            notes = [confidence_note(a, limit) if a.done else "*writing…*" for a in shown]
+            clear = "" if first_update else gr.update()
+            first_update = False
+            yield (st, shaded_html(shown[0]), notes[0],
+                   shaded_html(shown[1]) if len(shown) > 1 else "", notes[1] if len(shown) > 1 else "",
                    "**Left answer**" if len(shown) > 1 else f"**Answer** from {st['models'][0]['label']}",
-                   draft, "", "")
+                   st["texts"][st["order"][0]] if st["done"] else gr.update(), clear, clear)
 
     @friendly
     def on_layout(side_by_side):

@@ -58,9 +58,8 @@ def test_label_train_watch_compare(home, tiny_model_dir):
         shot(page, "runs-finished")
         second = train_from_page(page, "DPO", 6)
         page.get_by_role("tab", name="Runs").click()
-        page.wait_for_function(f"() => [...document.querySelectorAll('#runs-table tr')].some("
-                               f"r => r.innerText.includes('{second}') && r.innerText.includes('finished'))",
-                               timeout=120000)
+        page.wait_for_function(f"() => (document.querySelector('#runs-table').innerText.split('{second}')[1] || '')"
+                               f".slice(0, 120).includes('finished')", timeout=120000)
         page.get_by_role("tab", name="Compare").click()
         page.get_by_role("button", name="Reload run list").click()
         page.wait_for_timeout(1000)

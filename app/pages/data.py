@@ -15,16 +15,34 @@ from labeling import agreement as A
 from labeling.dataset import data_summary
 
 
+COLUMNS = {"tasks": ["kind", "tasks", "complete"], "per_site": ["site", "kind", "labels", "good", "bad"],
+           "per_annotator": ["annotator", "labels", "first", "last"], "pair_outcomes": ["value", "n"]}
+OUTCOME_NAMES = {"a": "first answer (a) better", "b": "second answer (b) better", "tie": "tie", "both_bad": "both bad"}
+
+
+def _table(rows: list[dict], name: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS[name])
+    for col in ("first", "last"):
+        if col in df and len(df):
+            df[col] = pd.to_datetime(df[col]).dt.strftime("%Y-%m-%d %H:%M")
+    return df
+
+
 def summary_tables(ctx: AppContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     s = data_summary(ctx.db)
     ag = A.agreement(ctx.db)
-    alpha = "not enough overlap yet" if ag["alpha"] is None else f"{ag['alpha']:.3f}"
+    if ag["alpha"] is None:
+        text = ("**Agreement (Krippendorff's α, nominal):** not measurable yet: no task has labels from two or "
+                "more annotators (set 'labels needed per task' above 1 when importing).")
+    else:
+        text = f"**Agreement (Krippendorff's α, nominal):** {ag['alpha']:.3f} over {ag['n_tasks']} tasks with several labels."
     pairs = "; ".join(f"{k}: {v['alpha']:.2f} on {v['shared_tasks']} tasks" for k, v in ag["per_pair"].items()
                       if v["alpha"] is not None)
-    text = (f"**Krippendorff's α (nominal):** {alpha} over {ag['n_tasks']} tasks with several labels."
-            + (f"  \n**Per annotator pair:** {pairs}" if pairs else ""))
-    return (pd.DataFrame(s["tasks"]), pd.DataFrame(s["per_site"]), pd.DataFrame(s["per_annotator"]),
-            pd.DataFrame(s["pair_outcomes"]), text)
+    text += f"  \n**Per annotator pair:** {pairs}" if pairs else ""
+    outcomes = _table(s["pair_outcomes"], "pair_outcomes")
+    outcomes["value"] = outcomes["value"].map(lambda v: OUTCOME_NAMES.get(v, v))
+    return (_table(s["tasks"], "tasks"), _table(s["per_site"], "per_site"), _table(s["per_annotator"], "per_annotator"),
+            outcomes, text)
 
 
 def disputes(ctx: AppContext) -> pd.DataFrame:

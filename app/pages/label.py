@@ -17,6 +17,16 @@ from labeling.render import safe_markdown
 MODES = {"Good / bad": "single", "Pairs": "pair", "Write": "write"}
 VALUE_NAMES = {"good": "good", "bad": "bad", "a": "answer A", "b": "answer B", "tie": "tie",
                "both_bad": "both bad", "written": "written", "skip": "skipped"}
+# What the edit menu offers, in the annotator's own terms (pairs: the side they saw, not the stored a/b).
+EDIT_CHOICES = ["good", "bad", "left better", "right better", "tie", "both bad"]
+HEADS = {"single": "**Answer**", "pair": "**Left answer** (1)", "write": "**Draft answer**"}
+
+
+def decision_name(value: str, shown_order: str | None) -> str:
+    """A stored decision as the annotator saw it: pair values a/b become the side that answer was shown on."""
+    if value in ("a", "b") and shown_order in ("ab", "ba"):
+        return "left better" if shown_order[0] == value else "right better"
+    return VALUE_NAMES.get(value, value)
 
 
 def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = "") -> dict:
@@ -26,7 +36,7 @@ def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = 
     out = {
         "task": task, "note": note,
         "progress": prog,
-        "history": [[h["id"], _short(h["prompt"]), VALUE_NAMES.get(h["value"], h["value"]),
+        "history": [[h["id"], _short(h["prompt"]), decision_name(h["value"], h["shown_order"]),
                      h["created_at"].strftime("%H:%M:%S")] for h in Q.history(ctx.db, user.name)],
     }
     if task is None:
@@ -72,7 +82,7 @@ def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, 
                           shown_order=task.get("shown_order"), time_ms=spent, site=task.get("site"))
     except Q.LabelError as e:
         raise UserError(str(e)) from None
-    return next_view(ctx, user, mode, site, f"Saved: {VALUE_NAMES.get(value, value)}.")
+    return next_view(ctx, user, mode, site, f"Saved: {decision_name(value, task.get('shown_order'))}.")
 
 
 def undo(ctx: AppContext, user: User, mode: str) -> dict:
@@ -85,13 +95,25 @@ def undo(ctx: AppContext, user: User, mode: str) -> dict:
 def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
     if annotation_id in (None, ""):
         raise UserError("Pick a decision from the history first.")
-    value = {"good": "good", "bad": "bad", "answer A": "a", "answer B": "b", "tie": "tie",
-             "both bad": "both_bad"}.get(new_value, new_value)
+    if new_value not in EDIT_CHOICES:
+        raise UserError(f"Choose what to change decision #{int(annotation_id)} to.")
+    order = ctx.db.scalar("SELECT shown_order FROM annotations WHERE id = ?", [int(annotation_id)])
+    if new_value in ("left better", "right better"):
+        if order not in ("ab", "ba"):
+            raise UserError(f"Decision #{int(annotation_id)} is not about a pair; choose good or bad.")
+        value = order[0] if new_value == "left better" else order[1]
+    else:
+        value = {"both bad": "both_bad"}.get(new_value, new_value)
     try:
         Q.edit_annotation(ctx.db, int(annotation_id), user.name, value)
     except (Q.LabelError, ValueError) as e:
         raise UserError(str(e)) from None
-    return view(ctx, user, task, mode, f"Changed decision #{int(annotation_id)} to {VALUE_NAMES.get(value, value)}.")
+    return view(ctx, user, task, mode, f"Changed decision #{int(annotation_id)} to {decision_name(value, order)}.")
+
+
+def guidelines(ctx: AppContext) -> str:
+    """The admins' guidelines as markdown (HTML in them shown as text, like everything else on the page)."""
+    return safe_markdown(ctx.db.get_setting("guidelines")) or "*No guidelines yet: an admin writes them on the Data page.*"
 
 
 # -- layout -------------------------------------------------------------------------------------------------------------
@@ -113,17 +135,17 @@ def build(ctx: AppContext) -> None:
         site = gr.Dropdown(["(all sites)"] + sites, value="(all sites)", label="Site", scale=1)
         start = gr.Button("Start / next", variant="primary", scale=1, elem_id="label-start")
     progress = gr.HTML()
-    with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines") as guide:
-        gr.Markdown(ctx.db.get_setting("guidelines", "No guidelines yet."), elem_id="guidelines-text")
+    with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines"):
+        guide_md = gr.Markdown(elem_id="guidelines-text")
     note = gr.Markdown(elem_id="label-note")
-    gr.Markdown("**Prompt**", elem_classes=["preflab-head"])
+    gr.Markdown("**Prompt**")
     prompt = gr.Markdown(elem_id="label-prompt", elem_classes=["preflab-card"])
     with gr.Row():
         with gr.Column():
-            gr.Markdown("**Answer** (left in pairs)", elem_classes=["preflab-head"])
+            head1 = gr.Markdown(HEADS["single"])
             resp1 = gr.Markdown(elem_id="label-response-1", elem_classes=["preflab-card"])
         with gr.Column(visible=False) as col2:
-            gr.Markdown("**Answer** (right)", elem_classes=["preflab-head"])
+            gr.Markdown("**Right answer** (2)")
             resp2 = gr.Markdown(elem_id="label-response-2", elem_classes=["preflab-card"])
     write_box = gr.Textbox(label="Ideal answer (ctrl+enter to submit)", lines=6, visible=False, elem_id="label-write")
     with gr.Row(visible=True) as single_row:
@@ -139,15 +161,15 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         b_skip = gr.Button("Skip (space)", elem_id="key-space", size="sm")
         b_undo = gr.Button("Undo (backspace)", elem_id="key-undo", size="sm")
-    with gr.Accordion("My last 10 decisions", open=True):
+    with gr.Accordion("My last 10 decisions (click one to change it)", open=True):
         hist = gr.Dataframe(headers=["#", "prompt", "decision", "time"], interactive=False, elem_id="label-history")
         with gr.Row():
             edit_id = gr.Number(label="Decision #", precision=0, scale=1)
-            edit_value = gr.Dropdown(["good", "bad", "answer A", "answer B", "tie", "both bad"],
-                                     label="Change to", scale=1)
+            edit_value = gr.Dropdown(EDIT_CHOICES, label="Change to", scale=1)
             b_edit = gr.Button("Change", scale=1, elem_id="label-edit")
 
-    outputs = [task_state, note, prompt, resp1, resp2, col2, write_box, single_row, pair_row, write_row, progress, hist]
+    outputs = [task_state, note, prompt, resp1, resp2, col2, write_box, single_row, pair_row, write_row, progress, hist,
+               head1]
 
     def render(v: dict):
         kind = v["kind"]
@@ -165,6 +187,7 @@ def build(ctx: AppContext) -> None:
             gr.update(visible=kind == "write" and has_task),
             _progress_html(v["progress"]),
             v["history"],
+            HEADS.get(kind, HEADS["single"]),
         )
 
     def who(request: gr.Request) -> User:
@@ -200,4 +223,15 @@ def build(ctx: AppContext) -> None:
         btn.click(make_decider(key), [task_state, mode, site, write_box], outputs, api_name=f"label_{key}")
     b_undo.click(on_undo, [mode], outputs, api_name="label_undo")
     b_edit.click(on_edit, [edit_id, edit_value, task_state, mode], outputs, api_name="label_edit")
-    return lambda demo: demo.load(on_next, [mode, site], outputs, api_name=False)
+
+    def on_pick(evt: gr.SelectData):
+        """Clicking a row of the history picks that decision for editing."""
+        row = evt.row_value if evt is not None else None
+        return row[0] if row else gr.update()
+
+    hist.select(on_pick, None, edit_id, api_name=False)
+
+    def on_load(demo):
+        demo.load(on_next, [mode, site], outputs, api_name=False)
+        demo.load(lambda: guidelines(ctx), None, guide_md, api_name=False)
+    return on_load

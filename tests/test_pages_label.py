@@ -140,6 +140,7 @@ def test_an_annotator_is_refused_every_admin_action(ctx, tmp_path):
     assert head.startswith("Imported 1 new item") and report.empty
     assert ctx.db.fetchone("SELECT site, required FROM tasks") == ("plant-a", 2)
     assert "created" in D.add_user(ctx, ADMIN, "mallory", "secret-pw", "annotator", "")
+    assert D.accounts(ctx, ADMIN)["name"].tolist() == ["mallory"] and D.accounts(ctx, ANN).empty
 
 
 def test_import_report_names_the_line_and_field(ctx, tmp_path):

@@ -114,6 +114,14 @@ def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
     return f"Task {task_id} resolved as {value}."
 
 
+def accounts(ctx: AppContext, user: User) -> pd.DataFrame:
+    """The account list, for admins only (an annotator gets an empty table)."""
+    from labeling.accounts import list_users
+
+    rows = list_users(ctx.db) if user.is_admin else []
+    return pd.DataFrame(rows, columns=["name", "role", "site", "created_at"])
+
+
 def build(ctx: AppContext) -> None:
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm", elem_id="data-refresh")
@@ -125,8 +133,8 @@ def build(ctx: AppContext) -> None:
         per_site = gr.Dataframe(label="Labels per site (good/bad = class balance)", interactive=False,
                                 elem_id="data-per-site")
         per_ann = gr.Dataframe(label="Labels per annotator", interactive=False, elem_id="data-per-annotator")
-    with gr.Accordion("Disputed tasks", open=False):
-        disputed = gr.Dataframe(interactive=False)
+    with gr.Accordion("Disputed tasks (click one to pick it)", open=False):
+        disputed = gr.Dataframe(interactive=False, elem_id="data-disputed")
         with gr.Row():
             d_task = gr.Textbox(label="Task id")
             d_value = gr.Dropdown(["a", "b", "tie", "both_bad", "good", "bad"], label="Final label")
@@ -151,7 +159,7 @@ def build(ctx: AppContext) -> None:
         e_btn = gr.Button("Export", elem_id="data-export")
         e_file = gr.File(label="Download")
     with gr.Accordion("Guidelines (admin)", open=False):
-        g_text = gr.Textbox(value=ctx.db.get_setting("guidelines", ""), lines=10, label="Markdown")
+        g_text = gr.Textbox(lines=10, label="Markdown (shown on the Label page; press h there)")
         g_btn = gr.Button("Save guidelines", elem_id="data-guidelines-save")
         g_msg = gr.Markdown()
     with gr.Accordion("Accounts (admin)", open=False):
@@ -162,14 +170,20 @@ def build(ctx: AppContext) -> None:
             u_site = gr.Textbox(label="Site")
         u_btn = gr.Button("Save account")
         u_msg = gr.Markdown()
+        users = gr.Dataframe(label="Accounts", interactive=False)
 
     def who(request: gr.Request) -> User:
         return ctx.user(request)
 
     @friendly
-    def on_refresh():
+    def on_refresh(request: gr.Request):
+        user = who(request)
         t, s, a, o, md = summary_tables(ctx)
-        return md, t, o, s, a, disputes(ctx)
+        return md, t, o, s, a, disputes(ctx), accounts(ctx, user), ctx.db.get_setting("guidelines", "")
+
+    def on_pick(evt: gr.SelectData):
+        row = evt.row_value if evt is not None else None
+        return row[0] if row else gr.update()
 
     @friendly
     def on_import(path, site, req, skip, mp, request: gr.Request):
@@ -191,11 +205,15 @@ def build(ctx: AppContext) -> None:
     def on_resolve(tid, value, request: gr.Request):
         return resolve_task(ctx, who(request), tid, value)
 
-    tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed]
+    tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed, users, g_text]
     refresh.click(on_refresh, None, tables, api_name="data_summary")
-    i_btn.click(on_import, [up, i_site, i_req, i_skip, i_map], [i_msg, i_report], api_name="data_import")
+    i_btn.click(on_import, [up, i_site, i_req, i_skip, i_map], [i_msg, i_report], api_name="data_import").success(
+        on_refresh, None, tables, api_name=False)
     e_btn.click(on_export, [e_kind, e_fmt, e_ties], e_file, api_name="data_export")
     g_btn.click(on_guidelines, [g_text], g_msg, api_name="data_guidelines")
-    u_btn.click(on_user, [u_name, u_pw, u_role, u_site], u_msg, api_name="data_add_user")
-    d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve")
+    u_btn.click(on_user, [u_name, u_pw, u_role, u_site], u_msg, api_name="data_add_user").success(
+        on_refresh, None, tables, api_name=False)
+    d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve").success(
+        on_refresh, None, tables, api_name=False)
+    disputed.select(on_pick, None, d_task, api_name=False)
     return lambda demo: demo.load(on_refresh, None, tables, api_name=False)

@@ -1,19 +1,30 @@
 """The labeling queue: which task an annotator sees next, and saving what they decide.
 
-Every decision is a new annotation row (append-only); an edit or an undo supersedes the earlier row. The whole
-"save and fetch the next task" path runs under the database lock in one transaction, so concurrent annotators
-never over-fill a task, and a label is committed before the caller is told it was saved.
+Every decision is a new annotation row (append-only); an edit or an undo supersedes the earlier row. Each call
+runs under the database lock in one transaction, so concurrent annotators never over-fill a task, and a label is
+committed before the caller is told it was saved. `tasks.n_done` (annotators whose current decision is a label)
+changes in the same transaction as the annotation that changes it.
+
+Speed: with a million annotations a scan of the annotations table costs tens of milliseconds, so the per-key-press
+path never scans it. `_Decisions` keeps, in memory, each active annotator's current decision per task; it is
+brought up to date on every call from the rows with an id above the last one it saw (ids grow monotonically and
+DuckDB's zone maps make that range read nearly free), so rows written by anyone (imports, resolutions, another
+page) are seen without anyone having to notify it. Tasks are then picked from `tasks` alone, by n_done.
 """
 from __future__ import annotations
 
+import contextlib
 import random
+import weakref
 from datetime import datetime, timedelta
+from typing import Iterator
 
 from labeling import ids
 from storage.db import Database
 
 VALUES = {"single": ("good", "bad"), "pair": ("a", "b", "tie", "both_bad"), "write": ("written",)}
 NOT_LABELS = ("skip", "retracted")
+CANDIDATES = 64            # tasks fetched per try; the first one not done by this annotator and not leased wins
 
 
 class LabelError(ValueError):
@@ -37,96 +48,198 @@ def _now() -> datetime:
     return datetime.now()
 
 
+# -- what each annotator has decided, in memory ----------------------------------------------------------------------
+class _Decisions:
+    """Current decision (annotation id, value, source) per task for each annotator who used the queue, plus the
+    kind of every task seen. Admin resolutions are not queue decisions and are left out."""
+
+    def __init__(self) -> None:
+        self.upto: int | None = None                    # every annotation id <= upto is reflected
+        self.mine: dict[str, dict[str, tuple[int, str, str]]] = {}
+        self.kinds: dict[str, str] = {}
+
+    def sync(self, db: Database) -> None:
+        if self.upto is None:
+            self.upto = int(db.scalar("SELECT coalesce(max(id), 0) FROM annotations"))
+            return
+        rows = db.fetchall("""SELECT id, task_id, annotator, value, source FROM annotations
+                              WHERE id > ? ORDER BY id""", [self.upto])
+        for aid, tid, who, value, source in rows:
+            if who in self.mine and source != "resolution":
+                self.mine[who][tid] = (aid, value, source)
+            self.upto = aid
+
+    def of(self, db: Database, annotator: str) -> dict[str, tuple[int, str, str]]:
+        """This annotator's current decisions; the first call per annotator reads them from the database."""
+        self.sync(db)
+        got = self.mine.get(annotator)
+        if got is None:
+            rows = db.fetchall("""
+                SELECT a.task_id, max(a.id), arg_max(a.value, a.id), arg_max(a.source, a.id), any_value(t.kind)
+                FROM annotations a LEFT JOIN tasks t ON t.id = a.task_id
+                WHERE a.annotator = ? AND a.source <> 'resolution' AND a.id <= ? GROUP BY a.task_id""",
+                               [annotator, self.upto])
+            got = self.mine[annotator] = {r[0]: (r[1], r[2], r[3]) for r in rows}
+            self.kinds.update((r[0], r[4]) for r in rows if r[4])
+        return got
+
+    def kind_of(self, db: Database, task_ids: list[str]) -> dict[str, str]:
+        missing = [t for t in task_ids if t not in self.kinds]
+        if missing:
+            self.kinds.update(db.fetchall("SELECT id, kind FROM tasks WHERE id IN (SELECT unnest(?))", [missing]))
+        return {t: self.kinds.get(t) for t in task_ids}
+
+
+_INDEX: "weakref.WeakKeyDictionary[Database, _Decisions]" = weakref.WeakKeyDictionary()
+
+
+def _decisions(db: Database) -> _Decisions:
+    with db.lock:
+        return _INDEX.setdefault(db, _Decisions())
+
+
+@contextlib.contextmanager
+def _transaction(db: Database) -> Iterator[None]:
+    """db.transaction(), except that inside a caller's own transaction (which may still roll back what we read or
+    wrote) the in-memory decisions are dropped afterwards and re-read on the next call."""
+    with db.lock:
+        nested = db._in_tx > 0
+        try:
+            with db.transaction():
+                yield
+        finally:
+            if nested:
+                _INDEX.pop(db, None)
+
+
+# -- next task -------------------------------------------------------------------------------------------------------
+TASK_COLS = "t.id, t.kind, t.prompt_id, t.response_a, t.response_b, t.site, t.required, t.n_done"
+
+
 def next_task(db: Database, annotator: str, kind: str | None = None, site: str | None = None,
               lease_s: int = 300, rng: random.Random | None = None) -> dict | None:
     """The next task for this annotator, leased to them for lease_s seconds: never one they already labeled or
-    skipped, never a complete one, never one whose open slots are all leased to others. Tasks closest to complete
-    come first (finish what others started), then a per-annotator shuffle."""
-    filters, params = [], [annotator, annotator]
+    skipped, never a complete one, never one whose open slots are all leased to others. A task already leased to
+    them comes back first (a page reload shows the same task); otherwise tasks closest to complete come first
+    (finish what others started), then a per-annotator shuffle."""
+    filters, fparams = "", []
     if kind:
-        filters.append("t.kind = ?")
-        params.append(kind)
+        filters += " AND t.kind = ?"
+        fparams.append(kind)
     if site:
-        filters.append("t.site = ?")
-        params.append(site)
+        filters += " AND t.site = ?"
+        fparams.append(site)
     now = _now()
-    with db.transaction():
-        row = db.fetchone(f"""
-            WITH mine AS (
-                SELECT task_id FROM annotations WHERE annotator = ?
-                GROUP BY task_id HAVING arg_max(value, id) <> 'retracted'),
-            held AS (
-                SELECT task_id, count(*) AS n FROM leases WHERE expires_at > ? AND annotator <> ? GROUP BY task_id)
-            SELECT t.id, t.kind, t.prompt_id, t.response_a, t.response_b, t.site, t.required, t.n_done
-            FROM tasks t LEFT JOIN held h ON h.task_id = t.id
-            WHERE t.n_done < t.required AND t.id NOT IN (SELECT task_id FROM mine)
-              AND coalesce(h.n, 0) < t.required - t.n_done {''.join(' AND ' + f for f in filters)}
-            ORDER BY t.n_done DESC, hash(t.id || ?) LIMIT 1""",
-                          [params[0], now, *params[1:], annotator])
+    with _transaction(db):
+        done = _decisions(db).of(db, annotator)
+        db.execute("DELETE FROM leases WHERE expires_at <= ?", [now])
+        leases = db.fetchall("SELECT task_id, annotator FROM leases")
+        held: dict[str, int] = {}
+        for tid, who in leases:
+            if who != annotator:
+                held[tid] = held.get(tid, 0) + 1
+        own = [tid for tid, who in leases if who == annotator]
+
+        def usable(r: tuple) -> bool:
+            tid, required, n_done = r[0], r[6], r[7]
+            return (n_done < required and held.get(tid, 0) < required - n_done
+                    and (tid not in done or done[tid][1] == "retracted"))
+
+        row = None
+        if own:
+            rows = db.fetchall(f"SELECT {TASK_COLS} FROM tasks t WHERE t.id IN (SELECT unnest(?)){filters}",
+                               [own, *fparams])
+            row = next((r for r in rows if usable(r)), None)
+        if row is None:
+            row = _pick(db, filters, fparams, usable, len(done) + len(held), rng or random.Random())
         if row is None:
             return None
-        tid = row[0]
-        db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", [tid, annotator, now + timedelta(seconds=lease_s)])
-    return _task_view(db, row, rng or random.Random())
+        db.execute("DELETE FROM leases WHERE annotator = ? AND task_id <> ?", [annotator, row[0]])
+        db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                   [row[0], annotator, now + timedelta(seconds=lease_s)])
+        return _task_view(db, row, rng or random.Random())
+
+
+def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rng: random.Random) -> tuple | None:
+    """First usable open task: started tasks (n_done > 0) before fresh ones, each scanned from a random position
+    (so annotators spread over the queue) and wrapping around. Each query stops at the first CANDIDATES rows, so
+    it reads a sliver of the table instead of sorting all of it."""
+    n_rows = db.scalar("SELECT count(*) FROM tasks")
+    start = rng.randrange(n_rows) if n_rows else 0
+    for stage in ("t.n_done > 0", "t.n_done = 0"):
+        for part in ("t.rowid >= ?", "t.rowid < ?"):
+            limit = CANDIDATES
+            while True:
+                rows = db.fetchall(f"""SELECT {TASK_COLS} FROM tasks t
+                                       WHERE {part} AND {stage} AND t.n_done < t.required{filters} LIMIT ?""",
+                                   [start, *fparams, limit])
+                row = next((r for r in rows if usable(r)), None)
+                if row is not None:
+                    return row
+                if len(rows) < limit or limit > n_excluded:
+                    break   # nothing usable here: more rows than can be excluded were all read
+                limit = n_excluded + CANDIDATES + 1
+    return None
 
 
 def _task_view(db: Database, row: tuple, rng: random.Random, shown_order: str | None = None) -> dict:
     tid, kind, pid, ra, rb, site, required, n_done = row
-    texts = dict(db.fetchall("SELECT id, text FROM responses WHERE id IN (?, ?)", [ra or "", rb or ""]))
-    prompt = db.scalar("SELECT text FROM prompts WHERE id = ?", [pid])
+    prompt = db.scalar("SELECT text FROM prompts WHERE id = ? LIMIT 1", [pid])
+    texts = dict(db.fetchall("SELECT id, text FROM responses WHERE prompt_id = ?", [pid])) if ra else {}
+    text_a, text_b = texts.get(ra), texts.get(rb)
     view = {"task_id": tid, "kind": kind, "prompt": prompt, "site": site, "required": required, "n_done": n_done,
             "shown_order": None, "responses": []}
     if kind == "pair":
-        order = shown_order or rng.choice(("ab", "ba"))   # blind: random side per showing, stored with the label
+        order = shown_order if shown_order in ("ab", "ba") else rng.choice(("ab", "ba"))   # blind: random per showing
         view["shown_order"] = order
-        view["responses"] = [texts.get(ra if c == "a" else rb) for c in order]
+        view["responses"] = [text_a if c == "a" else text_b for c in order]
     elif ra:
-        view["responses"] = [texts.get(ra)]
+        view["responses"] = [text_a]
     return view
 
 
 def get_task(db: Database, task_id: str, shown_order: str | None = None) -> dict | None:
-    row = db.fetchone("SELECT id, kind, prompt_id, response_a, response_b, site, required, n_done FROM tasks "
-                      "WHERE id = ?", [task_id])
+    row = db.fetchone(f"SELECT {TASK_COLS} FROM tasks t WHERE t.id = ?", [task_id])
     return None if row is None else _task_view(db, row, random.Random(), shown_order)
 
 
-def _current(db: Database, task_id: str, annotator: str) -> tuple | None:
-    return db.fetchone("SELECT id, value FROM annotations WHERE task_id = ? AND annotator = ? ORDER BY id DESC LIMIT 1",
-                       [task_id, annotator])
-
-
-def _refresh_done(db: Database, task_id: str) -> None:
-    db.execute("""UPDATE tasks SET n_done = (
-            SELECT count(*) FROM (SELECT arg_max(value, id) AS v FROM annotations WHERE task_id = ? GROUP BY annotator)
-            WHERE v NOT IN ('skip', 'retracted'))
-        WHERE id = ?""", [task_id, task_id])
+# -- decisions -------------------------------------------------------------------------------------------------------
+def _counted(value: str | None) -> int:
+    return int(value is not None and value not in NOT_LABELS)
 
 
 def save_annotation(db: Database, task_id: str, annotator: str, value: str, text: str | None = None,
                     shown_order: str | None = None, time_ms: int | None = None, source: str = "app",
                     run_id: str | None = None, site: str | None = None) -> int:
-    """Record a decision (committed before return). Returns the annotation id."""
-    with db.transaction():
-        task = db.fetchone("SELECT kind, required, n_done, site FROM tasks WHERE id = ?", [task_id])
+    """Record a decision (committed before return) superseding this annotator's current one on the task, and
+    keep tasks.n_done in step. Pair values are canonical (a = response_a whichever side it was shown on).
+    Refused with a LabelError (nothing written) for an unknown task, a wrong value, an empty written answer, or a
+    new label on a task that already has all it needs. Returns the annotation id."""
+    if shown_order is not None and shown_order not in ("ab", "ba"):
+        raise LabelError(f"shown_order must be 'ab' or 'ba', not {shown_order!r}.")
+    with _transaction(db):
+        task = db.fetchone("SELECT rowid, kind, required, n_done, site FROM tasks WHERE id = ?", [task_id])
         if task is None:
             raise LabelError("That task no longer exists.")
-        kind, required, n_done, task_site = task
+        rowid, kind, required, n_done, task_site = task
         if value not in VALUES[kind] + ("skip",):
             raise LabelError(f"{value!r} is not a label for a {kind} task (use {', '.join(VALUES[kind])}).")
         if kind == "write" and value == "written" and not (text or "").strip():
             raise LabelError("The answer is empty: write the ideal response first.")
-        cur = _current(db, task_id, annotator)
-        counted = cur is not None and cur[1] not in NOT_LABELS
-        if value != "skip" and not counted and n_done >= required:
+        idx = _decisions(db)
+        cur = idx.of(db, annotator).get(task_id)
+        delta = _counted(value) - _counted(cur[1] if cur else None)
+        if delta > 0 and n_done >= required:
             raise LabelError("This task already has all the labels it needs; it was completed by others.")
         aid = db.scalar("""INSERT INTO annotations (task_id, annotator, value, text, shown_order, time_ms, source,
                                supersedes, run_id, site)
                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                        [task_id, annotator, value, text, shown_order, time_ms, source, cur[0] if cur else None,
-                         run_id, site or task_site])
-        _refresh_done(db, task_id)
+                        [task_id, annotator, value, text, shown_order, time_ms,
+                         source, cur[0] if cur else None, run_id, site or task_site])
+        if delta:
+            db.execute("UPDATE tasks SET n_done = n_done + ? WHERE rowid = ?", [delta, rowid])
         db.execute("DELETE FROM leases WHERE task_id = ? AND annotator = ?", [task_id, annotator])
+        idx.kinds[task_id] = kind
     return int(aid)
 
 
@@ -135,25 +248,29 @@ def skip(db: Database, task_id: str, annotator: str) -> int:
     return save_annotation(db, task_id, annotator, "skip")
 
 
-def undo_last(db: Database, annotator: str) -> dict | None:
-    """Withdraw this annotator's most recent decision (a 'retracted' row superseding it); returns that task so the
-    page can show it again, with the same pair order."""
-    with db.transaction():
-        last = db.fetchone("""SELECT id, task_id, shown_order FROM annotations WHERE annotator = ?
-                              AND value <> 'retracted' AND source <> 'import'
-                              AND id NOT IN (SELECT supersedes FROM annotations WHERE supersedes IS NOT NULL)
-                              ORDER BY id DESC LIMIT 1""", [annotator])
-        if last is None:
+def undo_last(db: Database, annotator: str, lease_s: int = 300) -> dict | None:
+    """Withdraw this annotator's most recent current decision (a 'retracted' row superseding it) and lease the
+    task to them again; returns that task so the page shows it again, with the same pair order."""
+    with _transaction(db):
+        mine = _decisions(db).of(db, annotator)
+        live = [(aid, tid) for tid, (aid, value, source) in mine.items()
+                if value != "retracted" and source != "import"]
+        if not live:
             return None
-        aid, tid, order = last
+        aid, tid = max(live)
+        value, order = db.fetchone("SELECT value, shown_order FROM annotations WHERE id = ?", [aid])
         db.execute("""INSERT INTO annotations (task_id, annotator, value, source, supersedes, shown_order)
                       VALUES (?, ?, 'retracted', 'app', ?, ?)""", [tid, annotator, aid, order])
-        _refresh_done(db, tid)
-    return get_task(db, tid, order)
+        if _counted(value):
+            db.execute("UPDATE tasks SET n_done = n_done - 1 WHERE id = ?", [tid])
+        db.execute("DELETE FROM leases WHERE annotator = ?", [annotator])
+        db.execute("INSERT INTO leases VALUES (?, ?, ?)", [tid, annotator, _now() + timedelta(seconds=lease_s)])
+        return get_task(db, tid, order)
 
 
 def edit_annotation(db: Database, annotation_id: int, annotator: str, value: str, text: str | None = None) -> int:
-    """Change an earlier decision: a new row that supersedes it (only your own, only the current one)."""
+    """Change an earlier decision: a new row that supersedes this annotator's current one on that task (only
+    your own decisions can be changed)."""
     row = db.fetchone("SELECT task_id, annotator, shown_order FROM annotations WHERE id = ?", [annotation_id])
     if row is None:
         raise LabelError(f"There is no decision #{annotation_id}.")
@@ -164,38 +281,50 @@ def edit_annotation(db: Database, annotation_id: int, annotator: str, value: str
 
 
 def history(db: Database, annotator: str, limit: int = 10) -> list[dict]:
-    """This annotator's last `limit` current decisions, newest first."""
-    return db.records("""
-        WITH cur AS (SELECT * FROM annotations WHERE annotator = ?
-                     QUALIFY row_number() OVER (PARTITION BY task_id ORDER BY id DESC) = 1)
-        SELECT cur.id, cur.task_id, t.kind, cur.value, cur.text, cur.shown_order, cur.created_at, p.text AS prompt
-        FROM cur JOIN tasks t ON t.id = cur.task_id JOIN prompts p ON p.id = t.prompt_id
-        WHERE cur.value <> 'retracted' AND cur.source <> 'import'
-        ORDER BY cur.id DESC LIMIT ?""", [annotator, limit])
+    """This annotator's last `limit` current decisions (not undone, not imported), newest first."""
+    with db.lock:
+        mine = _decisions(db).of(db, annotator)
+        last = sorted((aid for aid, value, source in mine.values() if value != "retracted" and source != "import"),
+                      reverse=True)[:limit]
+        if not last:
+            return []
+        return db.records("""
+            SELECT a.id, a.task_id, t.kind, a.value, a.text, a.shown_order, a.created_at, p.text AS prompt
+            FROM annotations a JOIN tasks t ON t.id = a.task_id JOIN prompts p ON p.id = t.prompt_id
+            WHERE a.id IN (SELECT unnest(?)) ORDER BY a.id DESC""", [last])
 
 
 def progress(db: Database, annotator: str, kind: str | None = None) -> dict:
-    k = "AND t.kind = ?" if kind else ""
-    p = [kind] if kind else []
-    mine = db.scalar(f"""SELECT count(*) FROM (SELECT task_id, arg_max(value, id) v FROM annotations
-                         WHERE annotator = ? GROUP BY task_id) m JOIN tasks t ON t.id = m.task_id
-                         WHERE v NOT IN ('skip', 'retracted') {k}""", [annotator, *p])
-    row = db.fetchone(f"""SELECT count(*), coalesce(sum(n_done), 0), coalesce(sum(greatest(required - n_done, 0)), 0)
-                          FROM tasks t WHERE 1 = 1 {k}""", p)
-    return {"mine": int(mine or 0), "total": int(row[0]), "everyone": int(row[1]), "remaining": int(row[2])}
+    """mine: tasks this annotator labeled; everyone: labels counted on tasks; remaining: open label slots;
+    total: tasks (all restricted to `kind` when given)."""
+    with db.lock:
+        idx = _decisions(db)
+        labeled = [tid for tid, (_, value, _s) in idx.of(db, annotator).items() if _counted(value)]
+        if kind:
+            kinds = idx.kind_of(db, labeled)
+            labeled = [t for t in labeled if kinds[t] == kind]
+        row = db.fetchone(f"""SELECT count(*), coalesce(sum(n_done), 0),
+                                     coalesce(sum(greatest(required - n_done, 0)), 0)
+                              FROM tasks t {'WHERE t.kind = ?' if kind else ''}""", [kind] if kind else None)
+    return {"mine": len(labeled), "total": int(row[0]), "everyone": int(row[1]), "remaining": int(row[2])}
 
 
 def create_task(db: Database, kind: str, prompt: str, responses: list[str], site: str | None = None,
                 required: int | None = None, source: str = "app", run_id: str | None = None,
                 origins: list[str] | None = None) -> str:
-    """Make (or find) a task for this content: used by generation jobs, blind A/B evaluation and the playground."""
+    """Make (or find) a task for this content: used by generation jobs, blind A/B evaluation and the playground.
+    Content ids match the importer's, so the same prompt and answers are the same task."""
     if kind not in VALUES:
         raise LabelError(f"Unknown task kind {kind!r}.")
+    if not (prompt or "").strip():
+        raise LabelError("A task needs a prompt.")
     need = {"single": 1, "pair": 2, "write": 0}[kind]
     if len(responses) < need:
         raise LabelError(f"A {kind} task needs {need} response(s).")
+    if required is not None and int(required) < 1:
+        raise LabelError("A task needs at least 1 label (required >= 1).")
     pid = ids.prompt_id(prompt, site)
-    req = required or int(db.get_setting("default_required", "1") or 1)
+    req = int(required or db.get_setting("default_required", "1") or 1)
     rids = [ids.response_id(pid, r) for r in responses[:max(need, 1 if kind == "write" and responses else 0)]]
     tid = ids.task_id(kind, pid, rids[0] if rids else None, rids[1] if len(rids) > 1 else None)
     with db.transaction():

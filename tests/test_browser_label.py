@@ -7,6 +7,7 @@ import pytest
 
 from app.context import AppContext
 from labeling.accounts import set_user
+from labeling import queue as Q
 from labeling.importer import import_file
 from tests.browser import browser_page, login, need_chromium, running_app, shot
 
@@ -28,6 +29,9 @@ def home(tmp_path_factory):
         assert import_file(ctx.db, home / name)["ok"]
     set_user(ctx.db, "alice", "alice-pw", role="annotator", site="plant-a")
     set_user(ctx.db, "boss", "boss-pw", role="admin")
+    for i in range(2):
+        Q.create_task(ctx.db, "write", f"Write the reply to customer {i}", [f"Draft {i}"], site="plant-a")
+    ctx.db.set_setting("guidelines", "Be **kind**. <b id='gl-html'>not bold</b>")
     ctx.db.close()
     return home
 
@@ -36,6 +40,9 @@ def mine(page, n):
     """Wait until the progress bar says this annotator has n current labels (screenshot if it never does)."""
     try:
         page.wait_for_function(f"() => document.body.innerText.includes('mine {n} ·')", timeout=20000)
+        # a key pressed while the previous decision is still finishing is ignored on purpose (it would label a
+        # task the person has not seen); press at a (fast) human pace
+        page.wait_for_timeout(150)
     except Exception:
         shot(page, f"label-failed-waiting-for-{n}")
         raise
@@ -85,6 +92,26 @@ def test_annotator_labels_with_the_keyboard(home):
         page.get_by_role("option", name="tie").click()
         page.click("#label-edit")
         page.wait_for_function(f"() => document.body.innerText.includes('Changed decision #{first_id}')")
+        # h opens the guidelines (markdown; their HTML shown as text)
+        page.locator("#label-edit").blur()
+        page.keyboard.press("h")
+        page.wait_for_function("() => (document.querySelector('#guidelines-text') || {innerText: ''})"
+                               ".innerText.includes('Be kind')")
+        assert page.locator("#gl-html").count() == 0
+        # write mode: keys typed into the answer box are text, not decisions; ctrl+enter submits
+        page.get_by_label("Write", exact=True).check()
+        mine(page, 0)
+        box = page.locator("#label-write textarea")
+        box.click()
+        box.press("Control+a")
+        box.type("a x 1 2 ")
+        box.type("Sorry for the wait.")
+        box.press("Backspace")
+        page.wait_for_timeout(500)
+        mine(page, 0)
+        box.press("Control+Enter")
+        mine(page, 1)
+        shot(page, "label-write-done")
         # the Data page refuses this annotator's admin actions
         page.get_by_role("tab", name="Data").click()
         page.get_by_text("Guidelines (admin)").click()
@@ -110,7 +137,9 @@ def test_annotator_labels_with_the_keyboard(home):
     assert len(set(orders)) == 2, f"pair order never varied: {orders}"
     edit = [r for r in rows if r["source"] == "edit"]
     assert len(edit) == 1 and edit[0]["value"] == "tie" and edit[0]["supersedes"] is not None
-    assert db.get_setting("guidelines") is None                          # the refused edit changed nothing
+    assert db.get_setting("guidelines").startswith("Be **kind**")       # the refused edit changed nothing
+    written = [r for r in rows if r["kind"] == "write"]
+    assert [r["text"] for r in written] == ["a x 1 2 Sorry for the wait"]
     db.close()
 
 

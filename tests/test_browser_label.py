@@ -146,12 +146,30 @@ def test_annotator_labels_with_the_keyboard(home):
 def test_direct_api_calls_enforce_roles(home):
     from gradio_client import Client
 
+    from gradio_client import handle_file
+
+    upload = home / "sneaky.jsonl"
+    upload.write_text(json.dumps({"prompt": "injected", "response": "row"}) + "\n")
     with running_app(home, auth=True) as (url, _):
         alice = Client(url, auth=("alice", "alice-pw"), verbose=False)
         for api, args in (("/data_guidelines", ["pwned"]), ("/data_export", ["preference", "jsonl", "drop"]),
+                          ("/data_import", [handle_file(str(upload)), "", None, False, ""]),
                           ("/data_add_user", ["mallory", "secret-pw", "admin", ""]),
-                          ("/run_stop", ["x"])):
+                          ("/data_resolve", ["x", "a"]), ("/try_threshold", [-1]),
+                          ("/train_start", None), ("/generate_start", None), ("/run_stop", ["x"])):
+            kwargs = {} if args is not None else {    # long forms: send the page's own defaults
+                p["parameter_name"]: p.get("parameter_default") for p in
+                alice.view_api(return_format="dict", print_info=False)["named_endpoints"][api]["parameters"]}
             with pytest.raises(Exception, match="only an admin"):
-                alice.predict(*args, api_name=api)
+                alice.predict(*(args or []), api_name=api, **kwargs)
+        with pytest.raises(Exception):                            # no account, no API
+            Client(url, auth=("mallory", "secret-pw"), verbose=False).predict("x", api_name="/data_guidelines")
         boss = Client(url, auth=("boss", "boss-pw"), verbose=False)
         assert "saved" in boss.predict("Be kind.", api_name="/data_guidelines")
+    from storage.db import open_db
+
+    db = open_db(home / "preflab.duckdb")
+    assert db.scalar("SELECT count(*) FROM prompts WHERE text = 'injected'") == 0
+    assert db.scalar("SELECT count(*) FROM annotators WHERE name = 'mallory'") == 0
+    assert db.get_setting("low_confidence_logp") is None and db.scalar("SELECT count(*) FROM runs") == 0
+    db.close()

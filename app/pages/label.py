@@ -134,7 +134,11 @@ def build(ctx: AppContext) -> None:
         mode = gr.Radio(list(MODES), value="Good / bad", label="Mode", scale=2)
         site = gr.Dropdown(["(all sites)"] + sites, value="(all sites)", label="Site", scale=1)
         start = gr.Button("Start / next", variant="primary", scale=1, elem_id="label-start")
-    progress = gr.HTML()
+    with gr.Row():
+        progress = gr.HTML()
+        whoami = gr.Markdown(elem_id="label-whoami")
+        if ctx.auth_required:
+            gr.Button("Log out", link="/logout", size="sm", scale=0)
     with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines"):
         guide_md = gr.Markdown(elem_id="guidelines-text")
     note = gr.Markdown(elem_id="label-note")
@@ -231,7 +235,13 @@ def build(ctx: AppContext) -> None:
 
     hist.select(on_pick, None, edit_id, api_name=False)
 
+    @friendly
+    def on_whoami(request: gr.Request):
+        u = who(request)
+        return f"Signed in as **{u.name}** ({u.role}{', ' + u.site if u.site else ''})" if ctx.auth_required else ""
+
     def on_load(demo):
         demo.load(on_next, [mode, site], outputs, api_name=False)
         demo.load(lambda: guidelines(ctx), None, guide_md, api_name=False)
+        demo.load(on_whoami, None, whoami, api_name=False)
     return on_load

@@ -58,8 +58,13 @@ def test_label_train_watch_compare(home, tiny_model_dir):
         shot(page, "runs-finished")
         second = train_from_page(page, "DPO", 6)
         page.get_by_role("tab", name="Runs").click()
-        page.wait_for_function(f"() => (document.querySelector('#runs-table').innerText.split('{second}')[1] || '')"
-                               f".slice(0, 120).includes('finished')", timeout=120000)
+        page.wait_for_function(f"() => document.body.innerText.includes('{second}')", timeout=30000)
+        page.click("#runs-select input")
+        page.keyboard.type(second)
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{second}') && "
+                               f"document.querySelector('#runs-status').innerText.includes('is finished')",
+                               timeout=120000)
         page.get_by_role("tab", name="Compare").click()
         page.get_by_role("button", name="Reload run list").click()
         page.wait_for_timeout(1000)
@@ -76,4 +81,4 @@ def test_label_train_watch_compare(home, tiny_model_dir):
         shot(page, "compare")
         assert "algorithm" in page.inner_text("body")
         # both runs' loss curves are overlaid
-        assert page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").count() == 2
+        assert page.locator("#compare-loss .scatterlayer .trace").count() == 2

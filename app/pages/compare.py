@@ -129,7 +129,7 @@ def build(ctx: AppContext) -> None:
         b_load = gr.Button("Reload run list", size="sm")
     data_md = gr.Markdown()
     with gr.Row():
-        p_loss = gr.Plot()
+        p_loss = gr.Plot(elem_id="compare-loss")
         p_m = gr.Plot()
     with gr.Row():
         p_acc = gr.Plot()

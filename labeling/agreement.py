@@ -1,88 +1,162 @@
-"""Agreement between annotators: Krippendorff's alpha (nominal) overall and per annotator pair, per-task
-disagreement, the disputed tasks an admin should look at, and resolving them."""
-from __future__ import annotations
+"""Agreement between annotators, and the disputes an admin settles.
 
-import itertools
+Votes are each annotator's current decision on a single or pair task (newest row; skips, undone decisions and
+written answers are not votes; admin resolutions are not votes either). From them:
+- alpha: Krippendorff's alpha (nominal), computed by the `krippendorff` package from per-task value counts, over
+  tasks with two or more votes; None when no task has two votes. When every vote on every such task has the same
+  value alpha is undefined (no variation at all); we report 1.0, perfect agreement.
+- per_pair: alpha for each annotator pair on the tasks both voted on (pairs sharing >= 2 tasks, most shared first).
+- per_task: disagreement per task id = the share of pairs of its votes that differ (Krippendorff's observed
+  disagreement for that unit: 0 when all agree, 1 when two votes differ, 2/3 for a 2-1 split).
+A disputed task has disagreement > 0 and no resolution yet; an admin resolves it with an annotation of source
+'resolution' that supersedes the task's previous resolution, if any; the training data rule (labeling/dataset.py)
+takes a resolution over the votes.
+"""
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from storage.db import Database
 
+VOTE_KINDS = ("single", "pair")
 
-def _labels(db: Database, kind: str | None) -> pd.DataFrame:
-    k = "AND t.kind = ?" if kind else ""
+
+def votes(db: Database, kind: str | None = None) -> pd.DataFrame:
+    """task_id, annotator, value, kind: the current vote of each annotator on each single/pair task."""
+    kinds = [kind] if kind else list(VOTE_KINDS)
     return db.df(f"""
-        WITH cur AS (SELECT * FROM annotations
-                     QUALIFY row_number() OVER (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
+        WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS value FROM annotations
+                     WHERE source <> 'resolution' GROUP BY task_id, annotator)
         SELECT cur.task_id, cur.annotator, cur.value, t.kind FROM cur JOIN tasks t ON t.id = cur.task_id
-        WHERE cur.value NOT IN ('skip', 'retracted', 'written') AND cur.source <> 'resolution' {k}""",
-                 [kind] if kind else None)
+        WHERE cur.value NOT IN ('skip', 'retracted', 'written')
+          AND t.kind IN ({', '.join('?' * len(kinds))})""", kinds)
 
 
-def _alpha(df: pd.DataFrame) -> float | None:
-    """Nominal alpha over tasks with at least two labels; None when there is nothing to compare."""
+def _value_counts(v: pd.DataFrame) -> pd.DataFrame:
+    """Tasks x values count matrix, only tasks with two or more votes."""
+    counts = pd.crosstab(v["task_id"], v["value"])
+    return counts[counts.sum(axis=1) >= 2]
+
+
+def alpha_from_counts(counts: np.ndarray) -> float | None:
     import krippendorff
 
-    multi = df.groupby("task_id").filter(lambda g: len(g) > 1)
-    if multi.empty or multi["value"].nunique() < 1:
+    counts = np.asarray(counts, dtype=float)
+    if counts.size == 0 or not (counts.sum(axis=1) >= 2).any():
         return None
-    codes = {v: i for i, v in enumerate(sorted(multi["value"].unique()))}
-    table = multi.pivot_table(index="annotator", columns="task_id", values="value", aggfunc="first")
-    data = table.map(lambda v: codes[v] if isinstance(v, str) else np.nan).to_numpy(dtype=float)
-    if multi["value"].nunique() == 1:
-        return 1.0   # everyone always agreed: alpha is undefined (no variation); report perfect agreement
-    return float(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
+    if (counts.sum(axis=0) > 0).sum() < 2:
+        return 1.0     # a single value used throughout: no variation, everyone agreed
+    return float(krippendorff.alpha(value_counts=counts, level_of_measurement="nominal"))
 
 
-def agreement(db: Database, kind: str | None = None) -> dict:
-    df = _labels(db, kind)
-    per_pair = {}
-    for a, b in itertools.combinations(sorted(df["annotator"].unique()), 2):
-        both = df[df.annotator.isin((a, b))]
-        shared = both.groupby("task_id").filter(lambda g: len(g) == 2)
-        if shared["task_id"].nunique() >= 2:
-            per_pair[f"{a} / {b}"] = {"alpha": _alpha(shared), "shared_tasks": int(shared["task_id"].nunique())}
-    n_multi = int((df.groupby("task_id").size() > 1).sum()) if not df.empty else 0
-    return {"alpha": _alpha(df), "per_pair": per_pair, "n_tasks": n_multi, "n_labels": len(df)}
+def unit_disagreement(counts: np.ndarray) -> np.ndarray:
+    """Per row of a tasks x values count matrix: the share of ordered vote pairs that differ."""
+    counts = np.asarray(counts, dtype=float)
+    m = counts.sum(axis=1)
+    same = (counts * (counts - 1)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m >= 2, 1 - same / (m * (m - 1)), 0.0)
+
+
+def _per_pair(db: Database, kind: str | None, max_pairs: int) -> tuple[dict, int]:
+    kinds = [kind] if kind else list(VOTE_KINDS)
+    table = db.df(f"""
+        WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS value FROM annotations
+                     WHERE source <> 'resolution' GROUP BY task_id, annotator),
+        v AS (SELECT cur.* FROM cur JOIN tasks t ON t.id = cur.task_id
+              WHERE cur.value NOT IN ('skip', 'retracted', 'written') AND t.kind IN ({', '.join('?' * len(kinds))}))
+        SELECT x.annotator AS a, y.annotator AS b, x.value AS va, y.value AS vb, count(*) AS n
+        FROM v x JOIN v y ON x.task_id = y.task_id AND x.annotator < y.annotator GROUP BY ALL""", kinds)
+    if table.empty:
+        return {}, 0
+    shared = table.groupby(["a", "b"])["n"].sum()
+    shared = shared[shared >= 2].sort_values(ascending=False)
+    values = sorted(set(table.va) | set(table.vb))
+    col = {v: i for i, v in enumerate(values)}
+    out = {}
+    for (a, b), n in shared.head(max_pairs).items():
+        cells = table[(table.a == a) & (table.b == b)]
+        rows = np.zeros((len(cells), len(values)))
+        for i, (va, vb) in enumerate(zip(cells.va, cells.vb)):
+            rows[i, col[va]] += 1
+            rows[i, col[vb]] += 1
+        counts = np.repeat(rows, cells.n.to_numpy(), axis=0)   # one row per shared task
+        out[f"{a} / {b}"] = {"alpha": alpha_from_counts(counts), "shared_tasks": int(n)}
+    return out, int(len(shared))
+
+
+def agreement(db: Database, kind: str | None = None, max_pairs: int = 50) -> dict:
+    """alpha overall, per annotator pair and per task (see the module docstring); n_tasks counts tasks with two
+    or more votes."""
+    v = votes(db, kind)
+    counts = _value_counts(v) if not v.empty else pd.DataFrame()
+    per_task = dict(zip(counts.index, unit_disagreement(counts.to_numpy()).round(4))) if len(counts) else {}
+    per_pair, n_pairs = _per_pair(db, kind, max_pairs)
+    return {"alpha": alpha_from_counts(counts.to_numpy()) if len(counts) else None, "per_pair": per_pair,
+            "n_pairs": n_pairs, "per_task": per_task, "n_tasks": int(len(counts)), "n_labels": int(len(v))}
 
 
 def task_disagreement(db: Database, kind: str | None = None) -> pd.DataFrame:
-    """Per task with two or more labels: votes, majority share, and disagreement = 1 - majority share."""
-    df = _labels(db, kind)
-    if df.empty:
-        return pd.DataFrame(columns=["task_id", "n_labels", "majority_share", "disagreement", "values"])
-    g = df.groupby("task_id")
-    out = pd.DataFrame({
-        "n_labels": g.size(),
-        "majority_share": g["value"].agg(lambda s: s.value_counts().iloc[0] / len(s)),
-        "values": g["value"].agg(lambda s: ", ".join(f"{k}: {v}" for k, v in s.value_counts().items())),
-    })
-    out = out[out.n_labels > 1]
-    out["disagreement"] = 1 - out["majority_share"]
-    return out.reset_index()
+    """Per task with two or more votes: n_labels, majority_share, disagreement, values ('good: 2, bad: 1')."""
+    cols = ["task_id", "n_labels", "majority_share", "disagreement", "values"]
+    v = votes(db, kind)
+    if v.empty:
+        return pd.DataFrame(columns=cols)
+    counts = _value_counts(v)
+    if counts.empty:
+        return pd.DataFrame(columns=cols)
+    arr = counts.to_numpy()
+    names = np.array(counts.columns)
+    summary = [", ".join(f"{names[j]}: {int(r[j])}" for j in np.argsort(-r, kind="stable") if r[j])
+               for r in arr]
+    return pd.DataFrame({"task_id": counts.index, "n_labels": arr.sum(axis=1).astype(int),
+                         "majority_share": arr.max(axis=1) / arr.sum(axis=1),
+                         "disagreement": unit_disagreement(arr), "values": summary}).reset_index(drop=True)
 
 
-def disputed_tasks(db: Database, kind: str | None = None) -> list[dict]:
+def disputed_tasks(db: Database, kind: str | None = None, limit: int = 200) -> list[dict]:
+    """Tasks whose votes differ and that no admin has resolved, most disputed first, with what the conflict view
+    shows: prompt, responses (canonical order: A then B), and who voted what."""
     d = task_disagreement(db, kind)
     resolved = {r[0] for r in db.fetchall("SELECT DISTINCT task_id FROM annotations WHERE source = 'resolution'")}
-    d = d[(d.disagreement > 0) & ~d.task_id.isin(resolved)].sort_values("disagreement", ascending=False)
+    d = d[(d.disagreement > 0) & ~d.task_id.isin(resolved)]
+    d = d.sort_values(["disagreement", "n_labels"], ascending=False).head(limit)
     if d.empty:
         return []
-    prompts = dict(db.fetchall(f"""SELECT t.id, p.text FROM tasks t JOIN prompts p ON p.id = t.prompt_id
-                                   WHERE t.id IN ({', '.join('?' * len(d))})""", d.task_id.tolist()))
-    return [{**r, "prompt": prompts.get(r["task_id"], "")} for r in d.to_dict("records")]
+    ids = d.task_id.tolist()
+    info = {r["id"]: r for r in db.records("""
+        SELECT t.id, t.kind, t.site, p.text AS prompt, ra.text AS response_a, rb.text AS response_b
+        FROM tasks t JOIN prompts p ON p.id = t.prompt_id LEFT JOIN responses ra ON ra.id = t.response_a
+        LEFT JOIN responses rb ON rb.id = t.response_b WHERE t.id IN (SELECT unnest(?))""", [ids])}
+    v = votes(db, kind)
+    v = v[v.task_id.isin(ids)].sort_values(["task_id", "annotator"])
+    by_task = {t: g[["annotator", "value"]].to_dict("records") for t, g in v.groupby("task_id")}
+    out = []
+    for r in d.to_dict("records"):
+        t = info.get(r["task_id"], {})
+        out.append({**r, "kind": t.get("kind"), "site": t.get("site"), "prompt": t.get("prompt") or "",
+                    "responses": [x for x in (t.get("response_a"), t.get("response_b")) if x is not None],
+                    "votes": by_task.get(r["task_id"], [])})
+    return out
 
 
 def resolve(db: Database, task_id: str, admin: str, value: str, text: str | None = None) -> int:
-    """An admin's final word on a disputed task: an annotation with source 'resolution', which the training data
-    rule (labeling/dataset.py) takes over the majority."""
+    """An admin's final word on a task: a 'resolution' annotation that supersedes the task's previous resolution.
+    Votes stay as they were (append-only); the training data takes the resolution. Returns its id. The caller
+    checks that `admin` is an admin (app/pages/data.py does, in its handler)."""
     from labeling.queue import VALUES, LabelError
 
-    kind = db.scalar("SELECT kind FROM tasks WHERE id = ?", [task_id])
-    if kind is None:
-        raise LabelError("That task no longer exists.")
-    if value not in VALUES[kind]:
-        raise LabelError(f"{value!r} is not a label for a {kind} task.")
-    return int(db.scalar("""INSERT INTO annotations (task_id, annotator, value, text, source)
-                            VALUES (?, ?, ?, ?, 'resolution') RETURNING id""", [task_id, admin, value, text]))
+    with db.transaction():
+        kind = db.scalar("SELECT kind FROM tasks WHERE id = ?", [task_id])
+        if kind is None:
+            raise LabelError(f"There is no task {task_id!r}.")
+        if value not in VALUES[kind]:
+            raise LabelError(f"{value!r} is not a label for a {kind} task (use {', '.join(VALUES[kind])}).")
+        if kind == "write" and not (text or "").strip():
+            raise LabelError("A resolution of a writing task needs the final answer text.")
+        previous = db.scalar("""SELECT max(id) FROM annotations WHERE task_id = ? AND source = 'resolution'""",
+                             [task_id])
+        return int(db.scalar("""INSERT INTO annotations (task_id, annotator, value, text, source, supersedes)
+                                VALUES (?, ?, ?, ?, 'resolution', ?) RETURNING id""",
+                             [task_id, admin, value, text, previous]))

@@ -1,0 +1,110 @@
+"""SIGKILL while 8 annotators label: after a restart every acknowledged label is there.
+
+The worker below is app-like: one process owns the DuckDB file (as the app does), 8 threads label through
+labeling.queue exactly as the Label page handlers do, and a label is acknowledged on stdout only after
+save_annotation has returned. The test kills it with SIGKILL mid-stream (twice: labeling resumes after the first
+restart), reopens the file and checks every acknowledged label, and that no transaction was half applied.
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from storage.db import open_db
+
+ROOT = Path(__file__).resolve().parents[1]
+ANNOTATORS = 8
+
+
+def worker(path: str) -> None:
+    from labeling import queue as Q
+
+    db = open_db(path)
+    if not db.scalar("SELECT count(*) FROM tasks"):
+        for i in range(150):
+            Q.create_task(db, "single", f"Is answer {i} right?", [f"answer {i}"], required=2)
+        for i in range(100):
+            Q.create_task(db, "pair", f"Which answer to {i}?", [f"first {i}", f"second {i}"], required=2)
+    out = threading.Lock()
+    print("READY", flush=True)
+
+    def annotate(who: str) -> None:
+        rng = random.Random(who + str(os.getpid()))
+        while (task := Q.next_task(db, who, rng=rng)) is not None:
+            if task["kind"] == "pair":
+                value = Q.pair_value_from_shown(rng.choice("1230"), task["shown_order"])
+            else:
+                value = rng.choice(("good", "bad"))
+            aid = Q.save_annotation(db, task["task_id"], who, value, shown_order=task["shown_order"], time_ms=1)
+            with out:
+                print(f"ACK {aid} {task['task_id']} {who} {value}", flush=True)
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=annotate, args=(f"ann{i}",)) for i in range(ANNOTATORS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("DONE", flush=True)
+
+
+def run_and_kill(path: Path, n_acks: int) -> tuple[set, bool]:
+    """Start the worker, SIGKILL it after n_acks acknowledgements; the acknowledged labels and whether it got
+    to finish everything first."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.test_kill", str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked, finished = set(), False
+    try:
+        for line in proc.stdout:
+            if line.startswith("ACK "):
+                aid, tid, who, value = line.split()[1:]
+                acked.add((int(aid), tid, who, value))
+                if len(acked) >= n_acks:
+                    break
+            elif line.startswith("DONE"):
+                finished = True
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    if not acked and not finished:
+        raise AssertionError(f"the worker acknowledged nothing: {proc.stderr.read()[-3000:]}")
+    return acked, finished
+
+
+def check(path: Path, acked: set) -> int:
+    db = open_db(path)
+    try:
+        stored = set(db.fetchall("SELECT id, task_id, annotator, value FROM annotations"))
+        lost = acked - stored
+        assert not lost, f"{len(lost)} acknowledged label(s) lost, e.g. {sorted(lost)[:3]}"
+        # the annotation and its n_done change commit together: no half-applied transaction survives a kill
+        bad = db.fetchall("""
+            WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS v FROM annotations GROUP BY ALL)
+            SELECT t.id, t.n_done, count(cur.v) FILTER (WHERE cur.v NOT IN ('skip', 'retracted')) AS n
+            FROM tasks t LEFT JOIN cur ON cur.task_id = t.id GROUP BY ALL HAVING n <> t.n_done OR n > t.required""")
+        assert not bad, f"n_done out of step after the kill: {bad[:3]}"
+        return len(stored)
+    finally:
+        db.close()
+
+
+def test_sigkill_loses_no_acknowledged_label(tmp_path):
+    path = tmp_path / "preflab.duckdb"
+    first, _ = run_and_kill(path, 120)
+    n1 = check(path, first)
+    second, _ = run_and_kill(path, 120)               # restart on the killed file and keep labeling
+    n2 = check(path, first | second)
+    assert len(first) >= 120 and len(second) >= 120 and n2 >= n1 + 120
+    # after the restart nobody was given a task they had already labeled
+    again = {(t, w) for _, t, w, _ in first} & {(t, w) for _, t, w, _ in second}
+    assert not again
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])

@@ -173,3 +173,37 @@ def test_direct_api_calls_enforce_roles(home):
     assert db.scalar("SELECT count(*) FROM annotators WHERE name = 'mallory'") == 0
     assert db.get_setting("low_confidence_logp") is None and db.scalar("SELECT count(*) FROM runs") == 0
     db.close()
+
+
+def test_admin_imports_with_a_report_and_downloads_an_export(home):
+    bad = home / "bad.csv"
+    bad.write_text("prompt,response\nHow do I log a spill?,Call the officer.\n,missing prompt\n")
+    good = home / "good.csv"
+    good.write_text("prompt,response\nHow do I log a spill?,Call the officer.\nWho signs the batch record?,QA.\n")
+    with running_app(home, auth=True) as (url, _), browser_page() as page:
+        login(page, url, "boss", "boss-pw")
+        page.get_by_role("tab", name="Data").click()
+        page.get_by_text("Import (admin)").click()
+        page.locator("#data-upload input[type=file]").set_input_files(str(bad))
+        page.fill("#data-import-site input, #data-import-site textarea", "plant-c")
+        page.click("#data-import")
+        page.wait_for_function("() => document.body.innerText.includes('Nothing was imported from bad.csv')")
+        assert "prompt" in page.inner_text("#data-import-report")            # the line and field named
+        shot(page, "data-import-report")
+        page.locator("#data-upload button[aria-label='Clear']").click()
+        page.locator("#data-upload input[type=file]").set_input_files(str(good))
+        page.click("#data-import")
+        page.wait_for_function("() => document.body.innerText.includes('Imported 2 new item(s) from good.csv')")
+        page.get_by_text("Export (admin)").click()
+        page.click("#data-export")
+        link = page.locator("#data-export-file a[href]").first
+        link.wait_for()
+        body = page.request.get(link.get_attribute("href")).text()
+        shot(page, "data-export")
+    rows = [json.loads(line) for line in body.splitlines() if line.strip()]
+    assert len(rows) >= 9 and {"prompt", "chosen", "rejected"} <= set(rows[0])   # alice's 10 pairs, minus ties
+    from storage.db import open_db
+
+    db = open_db(home / "preflab.duckdb")
+    assert db.scalar("SELECT count(*) FROM tasks WHERE site = 'plant-c'") == 2
+    db.close()

@@ -144,20 +144,20 @@ def build(ctx: AppContext) -> None:
         up = gr.File(label="JSONL, CSV or Parquet", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz"],
                      type="filepath", elem_id="data-upload")
         with gr.Row():
-            i_site = gr.Textbox(label="Site (for rows without one)")
-            i_req = gr.Number(label="Labels needed per task", value=None, precision=0)
+            i_site = gr.Textbox(label="Site (for rows without one)", elem_id="data-import-site")
+            i_req = gr.Number(label="Labels needed per task (0 = project default)", value=0, precision=0, minimum=0)
             i_skip = gr.Checkbox(label="Skip bad rows", value=False)
             i_map = gr.Textbox(label="Column mapping", placeholder="prompt=question chosen=best")
         i_btn = gr.Button("Import", variant="primary", elem_id="data-import")
         i_msg = gr.Markdown(elem_id="data-import-result")
-        i_report = gr.Dataframe(label="Problems (file, line, field)", interactive=False)
+        i_report = gr.Dataframe(label="Problems (file, line, field)", interactive=False, elem_id="data-import-report")
     with gr.Accordion("Export (admin)", open=False):
         with gr.Row():
             e_kind = gr.Dropdown(["preference", "unpaired", "sft"], value="preference", label="Kind")
             e_fmt = gr.Dropdown(["jsonl", "parquet"], value="jsonl", label="Format")
             e_ties = gr.Radio(["drop", "keep"], value="drop", label="Ties")
         e_btn = gr.Button("Export", elem_id="data-export")
-        e_file = gr.File(label="Download")
+        e_file = gr.File(label="Download", elem_id="data-export-file")
     with gr.Accordion("Guidelines (admin)", open=False):
         g_text = gr.Textbox(lines=10, label="Markdown (shown on the Label page; press h there)")
         g_btn = gr.Button("Save guidelines", elem_id="data-guidelines-save")

@@ -128,11 +128,14 @@ def _progress_html(p: dict) -> str:
 
 
 def build(ctx: AppContext) -> None:
-    sites = [r[0] for r in ctx.db.fetchall("SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
+    def site_choices():
+        return ["(all sites)"] + [r[0] for r in ctx.db.fetchall(
+            "SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
+
     task_state = gr.State(None)
     with gr.Row():
         mode = gr.Radio(list(MODES), value="Good / bad", label="Mode", scale=2)
-        site = gr.Dropdown(["(all sites)"] + sites, value="(all sites)", label="Site", scale=1)
+        site = gr.Dropdown(site_choices(), value="(all sites)", label="Site", scale=1)
         start = gr.Button("Start / next", variant="primary", scale=1, elem_id="label-start")
     with gr.Row():
         progress = gr.HTML()
@@ -242,6 +245,7 @@ def build(ctx: AppContext) -> None:
 
     def on_load(demo):
         demo.load(on_next, [mode, site], outputs, api_name=False)
+        demo.load(lambda: gr.update(choices=site_choices()), None, site, api_name=False)   # sites imported since
         demo.load(lambda: guidelines(ctx), None, guide_md, api_name=False)
         demo.load(on_whoami, None, whoami, api_name=False)
     return on_load

@@ -25,6 +25,7 @@ from storage.db import Database
 VALUES = {"single": ("good", "bad"), "pair": ("a", "b", "tie", "both_bad"), "write": ("written",)}
 NOT_LABELS = ("skip", "retracted")
 CANDIDATES = 64            # tasks fetched per try; the first one not done by this annotator and not leased wins
+PROMPT_KEPT = 300          # characters of a shown prompt kept in memory for the history list
 
 
 class LabelError(ValueError):
@@ -57,6 +58,7 @@ class _Decisions:
         self.upto: int | None = None                    # every annotation id <= upto is reflected
         self.mine: dict[str, dict[str, tuple[int, str, str]]] = {}
         self.kinds: dict[str, str] = {}
+        self.prompts: dict[str, str] = {}               # start of each shown task's prompt, for the history list
 
     def sync(self, db: Database) -> None:
         if self.upto is None:
@@ -185,6 +187,10 @@ def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rn
 def _task_view(db: Database, row: tuple, rng: random.Random, shown_order: str | None = None) -> dict:
     tid, kind, pid, ra, rb, site, required, n_done = row
     prompt = db.scalar("SELECT text FROM prompts WHERE id = ? LIMIT 1", [pid])
+    idx = _decisions(db)
+    if len(idx.prompts) > 100_000:
+        idx.prompts.clear()
+    idx.prompts[tid], idx.kinds[tid] = (prompt or "")[:PROMPT_KEPT], kind
     texts = dict(db.fetchall("SELECT id, text FROM responses WHERE prompt_id = ?", [pid])) if ra else {}
     text_a, text_b = texts.get(ra), texts.get(rb)
     view = {"task_id": tid, "kind": kind, "prompt": prompt, "site": site, "required": required, "n_done": n_done,
@@ -281,17 +287,26 @@ def edit_annotation(db: Database, annotation_id: int, annotator: str, value: str
 
 
 def history(db: Database, annotator: str, limit: int = 10) -> list[dict]:
-    """This annotator's last `limit` current decisions (not undone, not imported), newest first."""
+    """This annotator's last `limit` current decisions (not undone, not imported), newest first; `prompt` is the
+    start of the task's prompt."""
     with db.lock:
-        mine = _decisions(db).of(db, annotator)
+        idx = _decisions(db)
+        mine = idx.of(db, annotator)
         last = sorted((aid for aid, value, source in mine.values() if value != "retracted" and source != "import"),
                       reverse=True)[:limit]
         if not last:
             return []
-        return db.records("""
-            SELECT a.id, a.task_id, t.kind, a.value, a.text, a.shown_order, a.created_at, p.text AS prompt
-            FROM annotations a JOIN tasks t ON t.id = a.task_id JOIN prompts p ON p.id = t.prompt_id
-            WHERE a.id IN (SELECT unnest(?)) ORDER BY a.id DESC""", [last])
+        rows = db.records(f"""SELECT id, task_id, value, text, shown_order, created_at FROM annotations
+                              WHERE id >= ? AND id IN ({', '.join('?' * len(last))})""", [min(last), *last])
+        missing = [r["task_id"] for r in rows if r["task_id"] not in idx.prompts]
+        if missing:
+            for tid, kind, prompt in db.fetchall(f"""SELECT t.id, t.kind, p.text FROM tasks t JOIN prompts p
+                    ON p.id = t.prompt_id WHERE t.id IN ({', '.join('?' * len(missing))})""", missing):
+                idx.prompts[tid], idx.kinds[tid] = (prompt or "")[:PROMPT_KEPT], kind
+    out = [{"id": r["id"], "task_id": r["task_id"], "kind": idx.kinds.get(r["task_id"]), "value": r["value"],
+            "text": r["text"], "shown_order": r["shown_order"], "created_at": r["created_at"],
+            "prompt": idx.prompts.get(r["task_id"], "")} for r in rows]
+    return sorted(out, key=lambda r: -r["id"])
 
 
 def progress(db: Database, annotator: str, kind: str | None = None) -> dict:

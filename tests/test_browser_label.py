@@ -31,6 +31,10 @@ def home(tmp_path_factory):
     set_user(ctx.db, "boss", "boss-pw", role="admin")
     for i in range(2):
         Q.create_task(ctx.db, "write", f"Write the reply to customer {i}", [f"Draft {i}"], site="plant-a")
+    disputed = Q.create_task(ctx.db, "pair", "Which reply is kinder?", ["Sorry, fixing it now.", "Not my problem."],
+                             site="plant-b", required=2)
+    for who, value in (("carol", "a"), ("dave", "b")):
+        Q.save_annotation(ctx.db, disputed, who, value, shown_order="ab")
     ctx.db.set_setting("guidelines", "Be **kind**. <b id='gl-html'>not bold</b>")
     ctx.db.close()
     return home
@@ -194,6 +198,16 @@ def test_admin_imports_with_a_report_and_downloads_an_export(home):
         page.locator("#data-upload input[type=file]").set_input_files(str(good))
         page.click("#data-import")
         page.wait_for_function("() => document.body.innerText.includes('Imported 2 new item(s) from good.csv')")
+        # the conflict view: pick the disputed task, read both answers and the votes, settle it
+        page.get_by_text("Disputed tasks (admin").click()
+        page.locator("#data-disputed span.text", has_text="Which reply is kinder?").click()
+        page.wait_for_function("() => document.body.innerText.includes('carol → a')")
+        assert "Not my problem." in page.inner_text("#data-dispute-detail")
+        page.get_by_label("Final label").click()
+        page.get_by_role("option", name="a", exact=True).click()
+        page.get_by_role("button", name="Resolve (admin)").click()
+        page.wait_for_function("() => document.body.innerText.includes('resolved as a')")
+        shot(page, "data-dispute-resolved")
         page.get_by_text("Export (admin)").click()
         page.click("#data-export")
         link = page.locator("#data-export-file a[href]").first
@@ -201,7 +215,8 @@ def test_admin_imports_with_a_report_and_downloads_an_export(home):
         body = page.request.get(link.get_attribute("href")).text()
         shot(page, "data-export")
     rows = [json.loads(line) for line in body.splitlines() if line.strip()]
-    assert len(rows) >= 9 and {"prompt", "chosen", "rejected"} <= set(rows[0])   # alice's 10 pairs, minus ties
+    settled = [r for r in rows if r["prompt"] == "Which reply is kinder?"]
+    assert [(r["chosen"], r["rejected"]) for r in settled] == [("Sorry, fixing it now.", "Not my problem.")]
     from storage.db import open_db
 
     db = open_db(home / "preflab.duckdb")

@@ -47,9 +47,30 @@ def summary_tables(ctx: AppContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 def disputes(ctx: AppContext) -> pd.DataFrame:
     rows = A.disputed_tasks(ctx.db)
-    return pd.DataFrame([{"task": r["task_id"], "prompt": r["prompt"][:90], "votes": r["values"],
-                          "disagreement": round(r["disagreement"], 2)} for r in rows],
-                        columns=["task", "prompt", "votes", "disagreement"])
+    return pd.DataFrame([{"task": r["task_id"], "kind": r["kind"], "site": r["site"], "prompt": r["prompt"][:90],
+                          "votes": r["values"], "disagreement": round(r["disagreement"], 2)} for r in rows],
+                        columns=["task", "kind", "site", "prompt", "votes", "disagreement"])
+
+
+FINAL = {"pair": ["a", "b", "tie", "both_bad"], "single": ["good", "bad"]}
+
+
+def dispute_detail(ctx: AppContext, user: User, task_id: str) -> tuple[str, list[str]]:
+    """What an admin needs to settle one disputed task: the prompt, the answers (A/B as stored, whatever side
+    each annotator saw), who voted what; and the labels that task can take. Admins only: an annotator who saw
+    the others' votes would no longer label independently."""
+    from labeling.render import safe_markdown
+
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can see the votes of a disputed task.")
+    r = next((d for d in A.disputed_tasks(ctx.db) if d["task_id"] == task_id), None)
+    if r is None:
+        raise UserError(f"Task {task_id} is not disputed (or was resolved already).")
+    parts = [f"**Prompt** ({r['kind']}, site {r['site'] or '-'})\n\n{safe_markdown(r['prompt'])}"]
+    for name, text in zip(("Answer A", "Answer B") if r["kind"] == "pair" else ("Answer",), r["responses"]):
+        parts.append(f"**{name}**\n\n{safe_markdown(text)}")
+    parts.append("**Votes:** " + ", ".join(f"{v['annotator']} → {v['value']}" for v in r["votes"]))
+    return "\n\n---\n\n".join(parts), FINAL.get(r["kind"], [])
 
 
 def do_import(ctx: AppContext, user: User, path: str | None, site: str, required, skip_bad: bool, mapping: str):
@@ -133,13 +154,14 @@ def build(ctx: AppContext) -> None:
         per_site = gr.Dataframe(label="Labels per site (good/bad = class balance)", interactive=False,
                                 elem_id="data-per-site")
         per_ann = gr.Dataframe(label="Labels per annotator", interactive=False, elem_id="data-per-annotator")
-    with gr.Accordion("Disputed tasks (click one to pick it)", open=False):
+    with gr.Accordion("Disputed tasks (admin; click one to see it)", open=False):
         disputed = gr.Dataframe(interactive=False, elem_id="data-disputed")
         with gr.Row():
             d_task = gr.Textbox(label="Task id")
-            d_value = gr.Dropdown(["a", "b", "tie", "both_bad", "good", "bad"], label="Final label")
+            d_value = gr.Dropdown(FINAL["pair"] + FINAL["single"], label="Final label")
             d_btn = gr.Button("Resolve (admin)")
         d_msg = gr.Markdown()
+        d_detail = gr.Markdown(elem_id="data-dispute-detail")
     with gr.Accordion("Import (admin)", open=False):
         up = gr.File(label="JSONL, CSV or Parquet", file_types=[".jsonl", ".json", ".csv", ".parquet", ".gz"],
                      type="filepath", elem_id="data-upload")
@@ -179,11 +201,16 @@ def build(ctx: AppContext) -> None:
     def on_refresh(request: gr.Request):
         user = who(request)
         t, s, a, o, md = summary_tables(ctx)
-        return md, t, o, s, a, disputes(ctx), accounts(ctx, user), ctx.db.get_setting("guidelines", "")
+        conflicts = disputes(ctx) if user.is_admin else disputes(ctx).iloc[0:0]
+        return md, t, o, s, a, conflicts, accounts(ctx, user), ctx.db.get_setting("guidelines", "")
 
-    def on_pick(evt: gr.SelectData):
+    @friendly
+    def on_pick(evt: gr.SelectData, request: gr.Request):
         row = evt.row_value if evt is not None else None
-        return row[0] if row else gr.update()
+        if not row:
+            return gr.update(), gr.update(), gr.update()
+        text, finals = dispute_detail(ctx, who(request), row[0])
+        return row[0], gr.update(choices=finals, value=None), text
 
     @friendly
     def on_import(path, site, req, skip, mp, request: gr.Request):
@@ -215,5 +242,5 @@ def build(ctx: AppContext) -> None:
         on_refresh, None, tables, api_name=False)
     d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve").success(
         on_refresh, None, tables, api_name=False)
-    disputed.select(on_pick, None, d_task, api_name=False)
+    disputed.select(on_pick, None, [d_task, d_value, d_detail], api_name=False)
     return lambda demo: demo.load(on_refresh, None, tables, api_name=False)

@@ -117,6 +117,7 @@ class Answer:
     pieces: list = field(default_factory=list)   # (text piece, probability) per generated token
     ids: list = field(default_factory=list)      # generated token ids (without the stop token)
     done: bool = False
+    cut: bool = False                            # stopped by the token limit, not by the model
 
     @property
     def mean_logp(self) -> float | None:
@@ -156,6 +157,8 @@ def stream_answer(entry: Loaded, adapter: str | None, prompt: str, temperature: 
         answer.text = text
         inputs = torch.tensor([[nxt]])
         yield answer
+    else:
+        answer.cut = True
     answer.done = True
     yield answer
 
@@ -194,4 +197,5 @@ def confidence_note(answer: Answer, threshold: float) -> str:
     if m < threshold:
         return (f"⚠️ **Low confidence**: mean log-probability {m:.2f} per token is below {threshold:.2f}. "
                 "Check this answer carefully.")
-    return f"Confidence: mean log-probability {m:.2f} per token ({len(answer.pieces)} tokens)."
+    cut = "; cut at the token limit" if answer.cut else ""
+    return f"Confidence: mean log-probability {m:.2f} per token ({len(answer.pieces)} tokens{cut})."

@@ -67,6 +67,7 @@ def test_stream_is_the_models_own_greedy_answer_with_true_probabilities(tctx, ti
     steps = list(stream_answer(entry, None, "Check the pump", temperature=0, max_new_tokens=12))
     final = steps[-1]
     assert final.done and len(final.ids) == 12 and len(steps) == 13      # one update per token, then done
+    assert final.cut and "cut at the token limit" in confidence_note(final, threshold=-100)
     assert "".join(p for p, _ in final.pieces) == final.text
     # same tokens as transformers' own greedy decoding
     from training.data import encode_prompt

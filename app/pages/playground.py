@@ -201,7 +201,9 @@ def build(ctx: AppContext):
     cache = ModelCache()
     state = gr.State(None)
     gr.Markdown("Ask a model a question from your work. Rate the answer, or write the right one: it becomes "
-                "training data like a label on the Label page. Redder text = the model was less sure.")
+                "training data like a label on the Label page. Redder text = the model was less sure (hover a word "
+                "for its probability). Each question is answered on its own, without earlier ones, so what you "
+                "rate is exactly what training will see.")
     with gr.Row():
         m1 = gr.Dropdown([], label="Model", scale=3, elem_id="try-model-1")
         both = gr.Checkbox(label="Side by side (blind)", value=False, scale=1, elem_id="try-side-by-side")

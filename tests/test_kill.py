@@ -106,5 +106,67 @@ def test_sigkill_loses_no_acknowledged_label(tmp_path):
     assert not again
 
 
+def label_through_the_app(url: str, names: list[str], acked: list, stop: threading.Event, errors: list) -> None:
+    """Each name is one simulated annotator with its own session, pressing `a` (good) through the Gradio API; a
+    label is acknowledged when the call returns, by the decision number the page lists first in its history."""
+    from gradio_client import Client
+
+    def one(name: str) -> None:
+        try:
+            c = Client(url, auth=(name, name + "-pw"), verbose=False)
+            c.predict("Good / bad", "(all sites)", api_name="/label_next")
+            while not stop.is_set():
+                out = c.predict("Good / bad", "(all sites)", "", api_name="/label_a")
+                if not str(out[0]).startswith("Saved"):
+                    break                                    # nothing left to label
+                decision_id, _prompt, value, _time = out[-2]["data"][0]
+                acked.append((int(decision_id), name, value))
+        except Exception as e:  # noqa: BLE001 - the app was killed under it: expected, unless nothing was acked
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_sigkill_of_the_real_app_with_8_annotators(tmp_path):
+    """The same through `python -m app serve --auth` and its HTTP API, killed with SIGKILL mid-labeling."""
+    from labeling.accounts import set_user
+    from labeling import queue as Q
+    from tests.browser import running_app
+
+    home = tmp_path / "home"
+    home.mkdir()
+    names = [f"ann{i}" for i in range(ANNOTATORS)]
+    db = open_db(home / "preflab.duckdb")
+    for n in names:
+        set_user(db, n, n + "-pw")
+    for i in range(200):
+        Q.create_task(db, "single", f"Is answer {i} right?", [f"answer {i}"], required=3)
+    db.close()
+
+    acked, errors = [], []
+    for round_acks in (60, 30):                               # kill, restart, label more, kill again
+        stop = threading.Event()
+        with running_app(home, auth=True) as (url, proc):
+            start = len(acked)
+            threads = label_through_the_app(url, names, acked, stop, errors)
+            deadline = time.time() + 120
+            while len(acked) - start < round_acks and time.time() < deadline and any(t.is_alive() for t in threads):
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            stop.set()
+        assert len(acked) - start >= round_acks, errors[:3]
+
+    db = open_db(home / "preflab.duckdb")
+    stored = {(i, a, v) for i, a, v in db.fetchall("SELECT id, annotator, value FROM annotations")}
+    assert {(i, a, v) for i, a, v in acked} <= stored
+    assert db.scalar("""SELECT count(*) FROM (SELECT task_id, annotator FROM annotations GROUP BY ALL
+                        HAVING count(*) > 1)""") == 0          # nobody got the same task twice across restarts
+    db.close()
+
+
 if __name__ == "__main__":
     worker(sys.argv[1])

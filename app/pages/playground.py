@@ -266,7 +266,8 @@ def build(ctx: AppContext):
         limit = threshold(ctx)
         keys = [first, second] if side_by_side else [first]
         if not first:
-            raise UserError("Pick a model first.")
+            raise UserError("Pick a model first." if model_choices(ctx) else
+                            "There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
         first_update = True
         for st, shown in ask(ctx, cache, text, keys, t, p, n):
             # the confidence note and the draft come once the answer is complete; the old note and reveal are

@@ -109,6 +109,15 @@ def test_skip_passes_the_task_to_someone_else(ctx):
     assert L.next_view(ctx, BOB, "Good / bad", None)["task"] is not None
 
 
+def test_a_task_completed_by_others_meanwhile_moves_on_with_a_sentence(ctx):
+    seed(ctx, singles=2, pairs=0, writes=0)
+    v = L.next_view(ctx, ANN, "Good / bad", None)
+    Q.save_annotation(ctx.db, v["task"]["task_id"], "bob", "bad")         # e.g. after alice's lease ran out
+    v2 = L.decide(ctx, ANN, v["task"], "a", "Good / bad", None)
+    assert "Others completed that task" in v2["note"] and v2["task"]["task_id"] != v["task"]["task_id"]
+    assert current(ctx) == [] and v2["progress"]["mine"] == 0
+
+
 def test_html_in_text_and_guidelines_is_shown_as_text(ctx):
     Q.create_task(ctx.db, "single", "Hi <script>alert(1)</script> **bold**", ["<img src=x onerror=alert(2)>ok"])
     v = L.next_view(ctx, ANN, "Good / bad", None)

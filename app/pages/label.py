@@ -81,6 +81,12 @@ def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, 
         Q.save_annotation(ctx.db, task["task_id"], user.name, value, text=text if kind == "write" else None,
                           shown_order=task.get("shown_order"), time_ms=spent, site=task.get("site"))
     except Q.LabelError as e:
+        # The lease ran out while the person was away and others finished the task (or it is gone): move on
+        # with a sentence instead of leaving them stuck on a task that can no longer take their label.
+        state = ctx.db.fetchone("SELECT n_done >= required FROM tasks WHERE id = ?", [task["task_id"]])
+        if state is None or state[0]:
+            return next_view(ctx, user, mode, site, "Others completed that task while it was on your screen, so "
+                             "your label was not needed. Here is the next one.")
         raise UserError(str(e)) from None
     return next_view(ctx, user, mode, site, f"Saved: {decision_name(value, task.get('shown_order'))}.")
 

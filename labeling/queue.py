@@ -25,6 +25,7 @@ from storage.db import Database
 VALUES = {"single": ("good", "bad"), "pair": ("a", "b", "tie", "both_bad"), "write": ("written",)}
 NOT_LABELS = ("skip", "retracted")
 CANDIDATES = 64            # tasks fetched per try; the first one not done by this annotator and not leased wins
+BULK = 20_000             # more new annotations than this since the last call: forget and re-read instead
 PROMPT_KEPT = 300          # characters of a shown prompt kept in memory for the history list
 
 
@@ -65,7 +66,11 @@ class _Decisions:
             self.upto = int(db.scalar("SELECT coalesce(max(id), 0) FROM annotations"))
             return
         rows = db.fetchall("""SELECT id, task_id, annotator, value, source FROM annotations
-                              WHERE id > ? ORDER BY id""", [self.upto])
+                              WHERE id > ? ORDER BY id LIMIT ?""", [self.upto, BULK + 1])
+        if len(rows) > BULK:    # e.g. a big import: re-reading each annotator when next asked is cheaper
+            self.mine.clear()
+            self.upto = int(db.scalar("SELECT max(id) FROM annotations"))
+            return
         for aid, tid, who, value, source in rows:
             if who in self.mine and source != "resolution":
                 self.mine[who][tid] = (aid, value, source)

@@ -206,3 +206,15 @@ def test_benchmark_builds_its_database_and_times_every_operation(tmp_path):
     assert len(times) == 40 and all(t > 0 for t in times)
     assert db.scalar("SELECT count(*) FROM annotations") == 20_040
     db.close()
+
+
+def test_a_bulk_import_after_the_queue_started_is_seen(db, monkeypatch):
+    monkeypatch.setattr(Q, "BULK", 5)                                   # a "big" import: memory is re-read
+    ids = make_tasks(db, 20, required=2)
+    Q.next_task(db, "ann")
+    db.execute("""INSERT INTO annotations (task_id, annotator, value, source)
+                  SELECT unnest(?), 'ann', 'good', 'import'""", [ids[:19]])
+    assert Q.next_task(db, "ann")["task_id"] == ids[19]
+    Q.save_annotation(db, ids[19], "ann", "bad")
+    assert Q.next_task(db, "ann") is None
+    assert Q.progress(db, "ann")["mine"] == 20

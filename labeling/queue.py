@@ -294,7 +294,7 @@ def edit_annotation(db: Database, annotation_id: int, annotator: str, value: str
 def history(db: Database, annotator: str, limit: int = 10) -> list[dict]:
     """This annotator's last `limit` current decisions (not undone, not imported), newest first; `prompt` is the
     start of the task's prompt."""
-    with db.lock:
+    with _transaction(db):
         idx = _decisions(db)
         mine = idx.of(db, annotator)
         last = sorted((aid for aid, value, source in mine.values() if value != "retracted" and source != "import"),
@@ -317,7 +317,7 @@ def history(db: Database, annotator: str, limit: int = 10) -> list[dict]:
 def progress(db: Database, annotator: str, kind: str | None = None) -> dict:
     """mine: tasks this annotator labeled; everyone: labels counted on tasks; remaining: open label slots;
     total: tasks (all restricted to `kind` when given)."""
-    with db.lock:
+    with _transaction(db):
         idx = _decisions(db)
         labeled = [tid for tid, (_, value, _s) in idx.of(db, annotator).items() if _counted(value)]
         if kind:

@@ -97,8 +97,13 @@ def test_write_mode_needs_text_and_stores_it(ctx):
     assert v["kind"] == "write" and v["task"]["responses"] == ["Draft 0"]
     with pytest.raises(UserError, match="empty"):
         L.decide(ctx, ANN, v["task"], "submit", "Write", None, text="  ")
+    assert v["draft"] == "Draft 0"                                        # the box starts from the draft
     v = L.decide(ctx, ANN, v["task"], "submit", "Write", None, text="The ideal answer.")
     assert current(ctx)[0]["text"] == "The ideal answer." and v["task"] is None
+    v = L.undo(ctx, ANN, "Write")                                          # undo gives the written text back
+    assert v["draft"] == "The ideal answer." and current(ctx)[0]["value"] == "retracted"
+    L.decide(ctx, ANN, v["task"], "submit", "Write", None, text="The ideal answer, fixed.")
+    assert current(ctx)[0]["text"] == "The ideal answer, fixed."
 
 
 def test_skip_passes_the_task_to_someone_else(ctx):

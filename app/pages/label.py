@@ -44,7 +44,9 @@ def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = 
                    responses=[], kind=kind)
         return out
     out.update(prompt=safe_markdown(task["prompt"]), kind=task["kind"],
-               responses=[safe_markdown(r) for r in task["responses"]])
+               responses=[safe_markdown(r) for r in task["responses"]],
+               # write mode starts from the answer on file (or, after an undo, from what this person wrote)
+               draft=task.get("previous_text") or (task["responses"][0] if task["responses"] else "") or "")
     task["shown_at"] = time.time()
     return out
 
@@ -95,6 +97,9 @@ def undo(ctx: AppContext, user: User, mode: str) -> dict:
     task = Q.undo_last(ctx.db, user.name)
     if task is None:
         raise UserError("Nothing to undo.")
+    if task["kind"] == "write":   # give back the text they had written, to fix it rather than start over
+        task["previous_text"] = ctx.db.scalar("""SELECT text FROM annotations WHERE id = (SELECT supersedes
+            FROM annotations WHERE annotator = ? AND value = 'retracted' ORDER BY id DESC LIMIT 1)""", [user.name])
     return view(ctx, user, task, mode, "Undone: that decision is withdrawn; here it is again.")
 
 
@@ -193,8 +198,7 @@ def build(ctx: AppContext) -> None:
             (rs[0] if rs else ("" if kind != "write" or not has_task else "")),
             (rs[1] if len(rs) > 1 else ""),
             gr.update(visible=kind == "pair"),
-            gr.update(visible=kind == "write" and has_task, value=(v["task"] or {}).get("responses", [""])[0]
-                      if kind == "write" and v["task"] and v["task"]["responses"] else ""),
+            gr.update(visible=kind == "write" and has_task, value=v.get("draft", "")),
             gr.update(visible=kind == "single" and has_task),
             gr.update(visible=kind == "pair" and has_task),
             gr.update(visible=kind == "write" and has_task),

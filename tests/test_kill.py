@@ -117,9 +117,10 @@ def label_through_the_app(url: str, names: list[str], acked: list, stop: threadi
             c.predict("Good / bad", "(all sites)", api_name="/label_next")
             while not stop.is_set():
                 out = c.predict("Good / bad", "(all sites)", "", api_name="/label_a")
-                if not str(out[0]).startswith("Saved"):
+                if not any(isinstance(o, str) and o.startswith("Saved") for o in out):
                     break                                    # nothing left to label
-                decision_id, _prompt, value, _time = out[-2]["data"][0]
+                (hist,) = [o for o in out if isinstance(o, dict) and "decision" in o.get("headers", [])]
+                decision_id, _prompt, value, _time = hist["data"][0]
                 acked.append((int(decision_id), name, value))
         except Exception as e:  # noqa: BLE001 - the app was killed under it: expected, unless nothing was acked
             errors.append(repr(e))

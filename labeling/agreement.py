@@ -22,21 +22,35 @@ from storage.db import Database
 VOTE_KINDS = ("single", "pair")
 
 
-def votes(db: Database, kind: str | None = None) -> pd.DataFrame:
-    """task_id, annotator, value, kind: the current vote of each annotator on each single/pair task."""
+def _votes_sql(kind: str | None) -> tuple[str, list]:
+    """SQL (a CTE named v) for the current vote of each annotator on each single/pair task."""
     kinds = [kind] if kind else list(VOTE_KINDS)
-    return db.df(f"""
+    return f"""
         WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS value FROM annotations
-                     WHERE source <> 'resolution' GROUP BY task_id, annotator)
-        SELECT cur.task_id, cur.annotator, cur.value, t.kind FROM cur JOIN tasks t ON t.id = cur.task_id
-        WHERE cur.value NOT IN ('skip', 'retracted', 'written')
-          AND t.kind IN ({', '.join('?' * len(kinds))})""", kinds)
+                     WHERE source <> 'resolution' GROUP BY task_id, annotator),
+        v AS (SELECT cur.task_id, cur.annotator, cur.value, t.kind FROM cur JOIN tasks t ON t.id = cur.task_id
+              WHERE cur.value NOT IN ('skip', 'retracted', 'written')
+                AND t.kind IN ({', '.join('?' * len(kinds))}))""", kinds
 
 
-def _value_counts(v: pd.DataFrame) -> pd.DataFrame:
-    """Tasks x values count matrix, only tasks with two or more votes."""
-    counts = pd.crosstab(v["task_id"], v["value"])
-    return counts[counts.sum(axis=1) >= 2]
+def votes(db: Database, kind: str | None = None, task_ids: list[str] | None = None) -> pd.DataFrame:
+    """task_id, annotator, value, kind: the current vote of each annotator on each single/pair task."""
+    sql, params = _votes_sql(kind)
+    if task_ids is not None:
+        return db.df(sql + " SELECT * FROM v WHERE task_id IN (SELECT unnest(?))", [*params, list(task_ids)])
+    return db.df(sql + " SELECT * FROM v", params)
+
+
+def _value_counts(db: Database, kind: str | None) -> tuple[pd.DataFrame, int]:
+    """Tasks x values count matrix of the tasks with two or more votes, and the number of votes in all."""
+    sql, params = _votes_sql(kind)
+    df = db.df(sql + " SELECT task_id, value, count(*) AS n FROM v GROUP BY ALL", params)
+    n_votes = int(df["n"].sum()) if len(df) else 0
+    df = df[df.groupby("task_id")["n"].transform("sum") >= 2]
+    if df.empty:
+        return pd.DataFrame(), n_votes
+    counts = df.pivot(index="task_id", columns="value", values="n").fillna(0).sort_index(axis=1)
+    return counts, n_votes
 
 
 def alpha_from_counts(counts: np.ndarray) -> float | None:
@@ -60,14 +74,10 @@ def unit_disagreement(counts: np.ndarray) -> np.ndarray:
 
 
 def _per_pair(db: Database, kind: str | None, max_pairs: int) -> tuple[dict, int]:
-    kinds = [kind] if kind else list(VOTE_KINDS)
-    table = db.df(f"""
-        WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS value FROM annotations
-                     WHERE source <> 'resolution' GROUP BY task_id, annotator),
-        v AS (SELECT cur.* FROM cur JOIN tasks t ON t.id = cur.task_id
-              WHERE cur.value NOT IN ('skip', 'retracted', 'written') AND t.kind IN ({', '.join('?' * len(kinds))}))
+    sql, params = _votes_sql(kind)
+    table = db.df(sql + """
         SELECT x.annotator AS a, y.annotator AS b, x.value AS va, y.value AS vb, count(*) AS n
-        FROM v x JOIN v y ON x.task_id = y.task_id AND x.annotator < y.annotator GROUP BY ALL""", kinds)
+        FROM v x JOIN v y ON x.task_id = y.task_id AND x.annotator < y.annotator GROUP BY ALL""", params)
     if table.empty:
         return {}, 0
     shared = table.groupby(["a", "b"])["n"].sum()
@@ -89,21 +99,17 @@ def _per_pair(db: Database, kind: str | None, max_pairs: int) -> tuple[dict, int
 def agreement(db: Database, kind: str | None = None, max_pairs: int = 50) -> dict:
     """alpha overall, per annotator pair and per task (see the module docstring); n_tasks counts tasks with two
     or more votes."""
-    v = votes(db, kind)
-    counts = _value_counts(v) if not v.empty else pd.DataFrame()
+    counts, n_votes = _value_counts(db, kind)
     per_task = dict(zip(counts.index, unit_disagreement(counts.to_numpy()).round(4))) if len(counts) else {}
     per_pair, n_pairs = _per_pair(db, kind, max_pairs)
     return {"alpha": alpha_from_counts(counts.to_numpy()) if len(counts) else None, "per_pair": per_pair,
-            "n_pairs": n_pairs, "per_task": per_task, "n_tasks": int(len(counts)), "n_labels": int(len(v))}
+            "n_pairs": n_pairs, "per_task": per_task, "n_tasks": int(len(counts)), "n_labels": n_votes}
 
 
 def task_disagreement(db: Database, kind: str | None = None) -> pd.DataFrame:
     """Per task with two or more votes: n_labels, majority_share, disagreement, values ('good: 2, bad: 1')."""
     cols = ["task_id", "n_labels", "majority_share", "disagreement", "values"]
-    v = votes(db, kind)
-    if v.empty:
-        return pd.DataFrame(columns=cols)
-    counts = _value_counts(v)
+    counts, _ = _value_counts(db, kind)
     if counts.empty:
         return pd.DataFrame(columns=cols)
     arr = counts.to_numpy()
@@ -129,8 +135,7 @@ def disputed_tasks(db: Database, kind: str | None = None, limit: int = 200) -> l
         SELECT t.id, t.kind, t.site, p.text AS prompt, ra.text AS response_a, rb.text AS response_b
         FROM tasks t JOIN prompts p ON p.id = t.prompt_id LEFT JOIN responses ra ON ra.id = t.response_a
         LEFT JOIN responses rb ON rb.id = t.response_b WHERE t.id IN (SELECT unnest(?))""", [ids])}
-    v = votes(db, kind)
-    v = v[v.task_id.isin(ids)].sort_values(["task_id", "annotator"])
+    v = votes(db, kind, task_ids=ids).sort_values(["task_id", "annotator"])
     by_task = {t: g[["annotator", "value"]].to_dict("records") for t, g in v.groupby("task_id")}
     out = []
     for r in d.to_dict("records"):

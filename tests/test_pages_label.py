@@ -35,6 +35,7 @@ def test_good_bad_keys_store_labels_and_show_the_next_task(ctx):
     v = L.next_view(ctx, ANN, "Good / bad", None)
     first = v["task"]
     assert first["kind"] == "single" and v["progress"] == {"mine": 0, "everyone": 0, "remaining": 3, "total": 3}
+    assert v["about"] == "site plant-a · 0 of 1 label(s) so far"
     v = L.decide(ctx, ANN, first, "a", "Good / bad", None)
     assert v["note"] == "Saved: good." and v["task"]["task_id"] != first["task_id"]
     v = L.decide(ctx, ANN, v["task"], "x", "Good / bad", None)
@@ -201,3 +202,18 @@ def test_counts_agreement_and_resolving_a_dispute(ctx):
         D.dispute_detail(ctx, ADMIN, tids[1])
     with pytest.raises(UserError, match="not a label"):
         D.resolve_task(ctx, ADMIN, tids[0], "a")
+
+
+def test_names_and_sites_from_outside_are_shown_as_text(ctx):
+    tids = [Q.create_task(ctx.db, "single", f"Q{i}", [f"A{i}"], site="<img src=x onerror=alert(1)>", required=2)
+            for i in range(3)]
+    for who, values in (("<i>eve</i>", ["good", "good", "bad"]), ("mal", ["good", "bad", "bad"])):
+        for tid, v in zip(tids, values):
+            Q.save_annotation(ctx.db, tid, who, v)
+    *_, text = D.summary_tables(ctx)
+    assert "&lt;i&gt;eve&lt;/i&gt;" in text and "<i>" not in text
+    detail, _ = D.dispute_detail(ctx, ADMIN, tids[1])
+    assert "<img" not in detail and "<i>" not in detail
+    Q.create_task(ctx.db, "single", "Open one", ["Answer"], site="<img src=x onerror=alert(1)>")
+    v = L.next_view(ctx, ANN, "Good / bad", None)
+    assert v["about"].startswith("site &lt;img") and "<img" not in v["about"]

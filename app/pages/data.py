@@ -3,8 +3,8 @@ tasks an admin resolves, and, for admins only, import, export, guidelines and ac
 checks the role in its handler: the buttons are also API endpoints."""
 from __future__ import annotations
 
-import json
 import tempfile
+from html import escape
 from pathlib import Path
 
 import gradio as gr
@@ -36,7 +36,7 @@ def summary_tables(ctx: AppContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
                 "more annotators (set 'labels needed per task' above 1 when importing).")
     else:
         text = f"**Agreement (Krippendorff's α, nominal):** {ag['alpha']:.3f} over {ag['n_tasks']} tasks with several labels."
-    pairs = "; ".join(f"{k}: {v['alpha']:.2f} on {v['shared_tasks']} tasks" for k, v in ag["per_pair"].items()
+    pairs = "; ".join(f"{escape(k)}: {v['alpha']:.2f} on {v['shared_tasks']} tasks" for k, v in ag["per_pair"].items()
                       if v["alpha"] is not None)
     text += f"  \n**Per annotator pair:** {pairs}" if pairs else ""
     outcomes = _table(s["pair_outcomes"], "pair_outcomes")
@@ -65,11 +65,11 @@ def dispute_detail(ctx: AppContext, user: User, task_id: str) -> tuple[str, list
         raise UserError(f"{user.name} is an annotator; only an admin can see the votes of a disputed task.")
     r = next((d for d in A.disputed_tasks(ctx.db) if d["task_id"] == task_id), None)
     if r is None:
-        raise UserError(f"Task {task_id} is not disputed (or was resolved already).")
-    parts = [f"**Prompt** ({r['kind']}, site {r['site'] or '-'})\n\n{safe_markdown(r['prompt'])}"]
+        raise UserError(f"Task {escape(str(task_id))} is not disputed (or was resolved already).")
+    parts = [f"**Prompt** ({r['kind']}, site {escape(r['site'] or '-')})\n\n{safe_markdown(r['prompt'])}"]
     for name, text in zip(("Answer A", "Answer B") if r["kind"] == "pair" else ("Answer",), r["responses"]):
         parts.append(f"**{name}**\n\n{safe_markdown(text)}")
-    parts.append("**Votes:** " + ", ".join(f"{v['annotator']} → {v['value']}" for v in r["votes"]))
+    parts.append("**Votes:** " + ", ".join(f"{escape(v['annotator'])} → {v['value']}" for v in r["votes"]))
     return "\n\n---\n\n".join(parts), FINAL.get(r["kind"], [])
 
 
@@ -86,7 +86,7 @@ def do_import(ctx: AppContext, user: User, path: str | None, site: str, required
         raise UserError(str(e)) from None
     r = import_file(ctx.db, path, site=site or None, required=int(required) if required else None,
                     skip_bad_rows=skip_bad, mapping=mp)
-    r["file"] = Path(path).name
+    r["file"] = escape(Path(path).name)   # names and text from outside are shown as text
     head = (f"Imported {r['new']} new item(s) from {r['file']} ({r['duplicates']} duplicate(s), "
             f"{r['skipped']} bad row(s) skipped)." if r["ok"] else
             f"Nothing was imported from {r['file']}: {r['errors']} problem(s). Fix them, or tick 'skip bad rows'.")
@@ -120,7 +120,7 @@ def add_user(ctx: AppContext, user: User, name: str, password: str, role: str, s
         r = set_user(ctx.db, name, password, role=role, site=site or None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return f"Account {r['name']} ({r['role']}) {'updated' if r['updated'] else 'created'}."
+    return f"Account {escape(r['name'])} ({r['role']}) {'updated' if r['updated'] else 'created'}."
 
 
 def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
@@ -132,7 +132,7 @@ def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
         A.resolve(ctx.db, (task_id or "").strip(), user.name, value)
     except LabelError as e:
         raise UserError(str(e)) from None
-    return f"Task {task_id} resolved as {value}."
+    return f"Task {escape(task_id)} resolved as {escape(value)}."
 
 
 def accounts(ctx: AppContext, user: User) -> pd.DataFrame:

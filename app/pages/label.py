@@ -6,6 +6,7 @@ ctrl+enter submit, space skip, backspace undo, h guidelines; none act while a te
 """
 from __future__ import annotations
 
+import html
 import time
 
 import gradio as gr
@@ -46,7 +47,8 @@ def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = 
     out.update(prompt=safe_markdown(task["prompt"]), kind=task["kind"],
                responses=[safe_markdown(r) for r in task["responses"]],
                # write mode starts from the answer on file (or, after an undo, from what this person wrote)
-               draft=task.get("previous_text") or (task["responses"][0] if task["responses"] else "") or "")
+               draft=task.get("previous_text") or (task["responses"][0] if task["responses"] else "") or "",
+               about=f"site {html.escape(task['site'] or '-')} · {task['n_done']} of {task['required']} label(s) so far")
     task["shown_at"] = time.time()
     return out
 
@@ -156,7 +158,7 @@ def build(ctx: AppContext) -> None:
     with gr.Accordion("Guidelines (h)", open=False, elem_id="label-guidelines"):
         guide_md = gr.Markdown(elem_id="guidelines-text")
     note = gr.Markdown(elem_id="label-note")
-    gr.Markdown("**Prompt**")
+    prompt_head = gr.Markdown("**Prompt**")
     prompt = gr.Markdown(elem_id="label-prompt", elem_classes=["preflab-card"])
     with gr.Row():
         with gr.Column():
@@ -187,7 +189,7 @@ def build(ctx: AppContext) -> None:
             b_edit = gr.Button("Change", scale=1, elem_id="label-edit")
 
     outputs = [task_state, note, prompt, resp1, resp2, col2, write_box, single_row, pair_row, write_row, progress, hist,
-               head1]
+               head1, prompt_head]
 
     def render(v: dict):
         kind = v["kind"]
@@ -205,6 +207,7 @@ def build(ctx: AppContext) -> None:
             _progress_html(v["progress"]),
             v["history"],
             HEADS.get(kind, HEADS["single"]),
+            "**Prompt**" + (f" <small>({v['about']})</small>" if v.get("about") else ""),
         )
 
     def who(request: gr.Request) -> User:
@@ -251,7 +254,8 @@ def build(ctx: AppContext) -> None:
     @friendly
     def on_whoami(request: gr.Request):
         u = who(request)
-        return f"Signed in as **{u.name}** ({u.role}{', ' + u.site if u.site else ''})" if ctx.auth_required else ""
+        site = f", {html.escape(u.site)}" if u.site else ""
+        return f"Signed in as **{html.escape(u.name)}** ({u.role}{site})" if ctx.auth_required else ""
 
     def on_load(demo):
         demo.load(on_next, [mode, site], outputs, api_name=False)

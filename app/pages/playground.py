@@ -9,6 +9,7 @@ The handlers below are plain functions of (ctx, user, state, inputs); `build` on
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import random
 from typing import Iterator
@@ -176,7 +177,7 @@ def write_answer(ctx: AppContext, user: User, state: dict | None, text: str) -> 
 def reveal(state: dict | None) -> str:
     if not state or len(state.get("order", [])) != 2:
         return "Nothing to reveal: compare two models side by side first."
-    left, right = (state["models"][i]["label"] for i in state["order"])
+    left, right = (html.escape(state["models"][i]["label"]) for i in state["order"])   # run names are typed in
     return f"**Left:** {left} · **Right:** {right}"
 
 
@@ -277,7 +278,7 @@ def build(ctx: AppContext):
             first_update = False
             yield (st, shaded_html(shown[0]), notes[0],
                    shaded_html(shown[1]) if len(shown) > 1 else "", notes[1] if len(shown) > 1 else "",
-                   "**Left answer**" if len(shown) > 1 else f"**Answer** from {st['models'][0]['label']}",
+                   "**Left answer**" if len(shown) > 1 else f"**Answer** from {html.escape(st['models'][0]['label'])}",
                    st["texts"][st["order"][0]] if st["done"] else gr.update(), clear, clear)
 
     @friendly

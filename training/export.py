@@ -106,14 +106,20 @@ def _merge(base: Path, adapter: Path, dst: Path) -> None:
 
 
 # -- model card -----------------------------------------------------------------------------------------------------------
-HYPER = ("algorithm", "loss_type", "beta", "label_smoothing", "epsilon", "eta", "desirable_weight",
-         "undesirable_weight", "learning_rate", "lr_scheduler", "warmup_steps", "batch_size", "grad_accum",
-         "max_steps", "epochs", "max_length", "max_prompt_length", "seed", "precision")
+ALGORITHM_NAMES = {"sft": "SFT", "minor_sft": "MinorSFT", "dpo": "DPO", "eps_dpo": "ε-DPO", "mrpo": "MRPO",
+                   "kto": "KTO"}
+# The objective's own settings (the others do not act on it), then the optimisation settings every run has.
+OBJECTIVE_FIELDS = {"sft": ("sft_reduction",), "minor_sft": ("beta", "sft_reduction"),
+                    "dpo": ("beta", "loss_type", "label_smoothing"), "eps_dpo": ("beta", "loss_type", "epsilon"),
+                    "mrpo": ("beta", "loss_type", "eta", "mrpo_weights", "references"),
+                    "kto": ("beta", "desirable_weight", "undesirable_weight")}
+COMMON_FIELDS = ("learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
+                 "grad_accum", "max_steps", "epochs", "max_length", "max_prompt_length", "seed", "precision")
 
 
 def model_card(run_dir: Path, cfg: dict, form: str, info: dict) -> str:
     base = Path(cfg.get("model") or "")
-    algo = cfg.get("algorithm", "?")
+    algo = ALGORITHM_NAMES.get(cfg.get("algorithm"), str(cfg.get("algorithm")))
     lora = cfg.get("lora")
     counts = info.get("label_counts") or label_counts(run_dir, cfg)
     # A caller may count rows per site only ({site: n}); show that as one column.
@@ -121,18 +127,21 @@ def model_card(run_dir: Path, cfg: dict, form: str, info: dict) -> str:
     metrics = held_out_metrics(run_dir)
     lib = "peft" if form == "adapter" else "transformers"
     lines = ["---", f"library_name: {lib}", f"base_model: {base.name or 'unknown'}",
-             f"tags: [preflab, {algo}{', lora' if lora else ''}]", "---", "",
+             f"tags: [preflab, {cfg.get('algorithm')}{', lora' if lora else ''}]", "---", "",
              f"# {info.get('run_name') or run_dir.name}", "",
              f"Fine-tuned with Preflab from **{base.name}** (`{base}`) by **{algo}**"
              f"{' with a LoRA adapter' if lora else ' (full fine-tuning)'}; exported as "
-             f"{'a PEFT adapter' if form == 'adapter' else 'a merged Hugging Face model'} on {_now()}.", "",
+             f"{'a PEFT adapter' if form == 'adapter' else 'a merged Hugging Face model'}.", "",
              "| | |", "|---|---|",
              f"| run | `{info.get('run_id', run_dir.name)}` |",
              f"| base model | `{base}` |",
+             f"| algorithm | {algo} |",
              f"| data snapshot (content hash) | `{info.get('snapshot_id') or 'not recorded'}` |",
-             f"| trained steps | {_final_step(run_dir)} |", "",
+             f"| trained steps | {_final_step(run_dir)} |",
+             f"| Exported | {_now()} |", "",
              "## Hyper-parameters", "", "| name | value |", "|---|---|"]
-    lines += [f"| {k} | {cfg[k]} |" for k in HYPER if cfg.get(k) is not None]
+    fields = OBJECTIVE_FIELDS.get(cfg.get("algorithm"), ()) + COMMON_FIELDS
+    lines += [f"| {k} | {cfg[k]} |" for k in fields if cfg.get(k) not in (None, [], "")]
     if lora:
         lines += [f"| lora.{k} | {v} |" for k, v in lora.items()]
     if cfg.get("federated"):

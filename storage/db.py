@@ -17,12 +17,13 @@ from storage.migrations import MIGRATIONS
 
 
 class Database:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = str(path)
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(self.path)
+            # read_only: a site's federated client reads its labels while no app holds the file (DuckDB locks)
+            self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as e:  # the usual cause: another process holds the file
             raise RuntimeError(
                 f"Could not open the database {self.path}: it is probably in use by another Preflab process. ({e})"

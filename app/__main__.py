@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = set_user(ctx.db, args.name, args.password, role=args.role, site=args.site)
         print(json.dumps(summary, default=str))
         return 0 if summary.get("ok", True) else 1
-    except UserError as e:
+    except (UserError, ValueError, OSError) as e:   # bad names, passwords, paths: a sentence, not a trace
         print(json.dumps({"ok": False, "error": str(e)}))
         return 1
 

@@ -96,6 +96,7 @@ class JobConfig:
     max_prompt_length: int = 256     # prompts are truncated from the left to this
     seed: int = 42
     precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    pack_prompts: bool = True        # compute a prompt shared by several responses (a pair) once per forward
     gradient_checkpointing: bool = False
 
     # -- observation

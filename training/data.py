@@ -150,6 +150,7 @@ class Batch:
     examples: list[Example]
     side: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)   # cache key per sequence: example_id + side
+    parts: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (prompt ids, response ids) per sequence
 
     @property
     def n_tokens(self) -> torch.Tensor:
@@ -193,4 +194,4 @@ def make_batch(examples: list[Example], data_kind: str, pad_id: int, with_kl: bo
             side.append(s)
             keys.append(f"{ex.example_id}|{s}")
     ids, attn, resp = collate(seqs, pad_id)
-    return Batch(ids, attn, resp, examples, side, keys)
+    return Batch(ids, attn, resp, examples, side, keys, seqs)

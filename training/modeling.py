@@ -3,6 +3,11 @@
 `response_logps` runs the transformer body once over all sequences, then applies the LM head and log-softmax only
 at positions that predict a response token: the vocabulary projection is the largest matrix in a small model, and
 prompts are usually longer than answers, so this saves time and a [tokens x vocab] float32 buffer per sequence.
+
+`packed_logps` gives the same numbers with each distinct prompt computed once: the responses that share a prompt
+(a DPO pair's chosen and rejected, several KTO answers to one question) follow it in one row, each attending to the
+prompt and to itself only, with the positions it would have on its own. A pair then costs prompt + chosen +
+rejected tokens instead of twice the prompt, in the forward, the backward and the activations kept between them.
 """
 from __future__ import annotations
 
@@ -79,6 +84,53 @@ def _body_and_head(model):
     return body, base.get_output_embeddings()
 
 
+class _HeadLogps(torch.autograd.Function):
+    """log_softmax(h W^T)[label] per row, keeping only h and the log-normaliser for backward: the [N, vocab]
+    logits are recomputed there in chunks instead of being held (two float32 copies, ~400 KB per response token
+    for a 49k vocabulary) from the forward to the backward."""
+    CHUNK = 512
+
+    @staticmethod
+    def forward(ctx, h, weight, labels, compute_dtype):
+        out, lse = [], []
+        for s in range(0, h.shape[0], _HeadLogps.CHUNK):
+            logits = (h[s:s + _HeadLogps.CHUNK].to(compute_dtype) @ weight.to(compute_dtype).t()).float()
+            z = torch.logsumexp(logits, -1)
+            out.append(logits.gather(-1, labels[s:s + _HeadLogps.CHUNK, None])[:, 0] - z)
+            lse.append(z)
+        ctx.compute_dtype = compute_dtype
+        ctx.save_for_backward(h, weight, labels, torch.cat(lse))
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, labels, lse = ctx.saved_tensors
+        cd = ctx.compute_dtype
+        w = weight.to(cd)
+        gh = torch.zeros_like(h) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for s in range(0, h.shape[0], _HeadLogps.CHUNK):
+            hs, g = h[s:s + _HeadLogps.CHUNK].to(cd), grad[s:s + _HeadLogps.CHUNK].float()
+            p = torch.exp((hs @ w.t()).float() - lse[s:s + _HeadLogps.CHUNK, None])
+            d = (-p * g[:, None]).scatter_add_(-1, labels[s:s + _HeadLogps.CHUNK, None], g[:, None])   # dlogp/dlogits
+            if gh is not None:
+                gh[s:s + _HeadLogps.CHUNK] = (d.to(cd) @ w).to(h.dtype)
+            if gw is not None:
+                gw += (d.to(cd).t() @ hs).float()
+        return gh, (gw.to(weight.dtype) if gw is not None else None), None, None
+
+
+def head_logps(head, h: torch.Tensor, labels: torch.Tensor, keep_logits: bool = False):
+    """(per-token log-probs [N], logits [N, V] or None). The memory-lean path for a plain bias-free linear head;
+    the logits themselves only when asked (eps-DPO) or when the head is something else (e.g. LoRA on it)."""
+    if not keep_logits and type(head) is torch.nn.Linear and head.bias is None:
+        dev = h.device.type
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        return _HeadLogps.apply(h, head.weight, labels, cd), None
+    logits = head(h).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1), logits
+
+
 @dataclass
 class LogpOutput:
     logps: torch.Tensor            # [S] summed response log-probs (float32)
@@ -98,13 +150,72 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     target = response_mask[:, 1:].bool()                                                  # [S, T-1]
     seq_index, pos = target.nonzero(as_tuple=True)
     h = hidden[:, :-1][seq_index, pos]                                                    # [N, H]
-    logits = head(h).float()
     labels = input_ids[:, 1:][seq_index, pos]
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    token_logps, logits = head_logps(head, h, labels, keep_logits)
     S = input_ids.shape[0]
     logps = torch.zeros(S, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq_index, token_logps)
     n_tokens = target.sum(-1)
-    return LogpOutput(logps, n_tokens, token_logps, seq_index, logits if keep_logits else None, labels)
+    return LogpOutput(logps, n_tokens, token_logps, seq_index, logits, labels)
+
+
+def packed_logps(model, parts: list[tuple[list[int], list[int]]], pad_id: int, keep_logits: bool = False,
+                 device: torch.device | str | None = None) -> LogpOutput:
+    """`response_logps` for sequences given as (prompt ids, response ids), sharing each distinct prompt.
+
+    Row layout: P R_1 R_2 ...; token t of R_j sits at position |P| + t and sees P and R_j[:t+1]. The first token of
+    every R_j is predicted from the prompt's last position. Outputs are in the input order, as if unpacked."""
+    body, head = _body_and_head(model)
+    device = device or next(model.parameters()).device
+    groups: dict[tuple, list[int]] = {}
+    for s, (p, _) in enumerate(parts):
+        groups.setdefault(tuple(p), []).append(s)
+    rows = []            # (token ids, position ids, segment ids)
+    where = {}           # sequence -> (row, start of its response in the row)
+    for r, (prompt, members) in enumerate(groups.items()):
+        ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        for j, s in enumerate(members, start=1):
+            resp = parts[s][1]
+            where[s] = (r, len(ids))
+            ids += resp
+            pos += range(len(prompt), len(prompt) + len(resp))
+            seg += [j] * len(resp)
+        rows.append((ids, pos, seg))
+    T = max(len(ids) for ids, _, _ in rows)
+    R = len(rows)
+    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, T), dtype=torch.long)
+    segment = torch.full((R, T), -1, dtype=torch.long)
+    for r, (ids, pos, seg) in enumerate(rows):
+        input_ids[r, :len(ids)] = torch.tensor(ids)
+        position_ids[r, :len(ids)] = torch.tensor(pos)
+        segment[r, :len(ids)] = torch.tensor(seg)
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal & (k != -1) & (q != -1) & ((k == 0) | (k == q))
+    allowed |= torch.eye(T, dtype=torch.bool)            # padding attends to itself: no empty softmax rows
+    mask = allowed[:, None]
+    if getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", "flash_attention_2"):
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    # Which position predicts which token, in (sequence, position) order.
+    row_i, pred_i, target, seq_index = [], [], [], []
+    for s, (p, resp) in enumerate(parts):
+        r, start = where[s]
+        for t in range(len(resp)):
+            before = (len(p) - 1) if t == 0 else start + t - 1
+            if before < 0:
+                continue     # no prompt: the first token has nothing to be predicted from (as unpacked)
+            row_i.append(r), pred_i.append(before), target.append(resp[t]), seq_index.append(s)
+    to = dict(device=device)
+    hidden = body(input_ids=input_ids.to(**to), attention_mask=mask.to(**to),
+                  position_ids=position_ids.to(**to)).last_hidden_state
+    seq_index = torch.tensor(seq_index, dtype=torch.long, device=device)
+    labels = torch.tensor(target, dtype=torch.long, device=device)
+    h = hidden[torch.tensor(row_i, device=device), torch.tensor(pred_i, device=device)]
+    token_logps, logits = head_logps(head, h, labels, keep_logits)
+    S = len(parts)
+    logps = torch.zeros(S, dtype=token_logps.dtype, device=device).index_add(0, seq_index, token_logps)
+    n_tokens = torch.bincount(seq_index, minlength=S)
+    return LogpOutput(logps, n_tokens, token_logps, seq_index, logits, labels)
 
 
 def padded_response_logits(out: LogpOutput, rows: slice | torch.Tensor, S: int):

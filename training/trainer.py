@@ -19,7 +19,7 @@ from storage import rundir
 from training.config import JobConfig
 from training.data import Example, epoch_batches, load_rows, make_batch, tokenize
 from training.losses import eps_dpo_update_beta
-from training.modeling import (add_lora, is_peft, load_model, load_tokenizer, load_trainable_state,
+from training.modeling import (add_lora, is_peft, load_model, load_tokenizer, load_trainable_state, packed_logps,
                                reference_mode, response_logps, trainable_state)
 from training.objectives import OBJECTIVES, StepInput
 
@@ -133,26 +133,22 @@ class Trainer:
         for exs in groups:
             for with_kl in ((False, True) if self.objective.needs_kl_pairs and len(exs) > 1 else (False,)):
                 b = make_batch(exs, kind, self.tokenizer.pad_token_id, with_kl=with_kl)
-                for s, key in enumerate(b.keys):
+                for key, part in zip(b.keys, b.parts):
                     if key not in self.ref_cache:
-                        n_prompt = int(b.attention_mask[s].sum() - b.response_mask[s].sum())
-                        ids = b.input_ids[s, : int(b.attention_mask[s].sum())].tolist()
-                        seqs[key] = (ids[:n_prompt], ids[n_prompt:])
+                        seqs[key] = part
         if not seqs:
             return
         refs = [None] + list(self.cfg.references)   # None = the base (adapter off)
-        keys = sorted(seqs, key=lambda k: len(seqs[k][0]) + len(seqs[k][1]))
+        # Sequences sharing a prompt sit next to each other, so a packed chunk computes the prompt once.
+        keys = sorted(seqs, key=lambda k: (len(seqs[k][0]), seqs[k][0], len(seqs[k][1])))
         values = torch.zeros(len(keys), len(refs))
         self._status(state="running", phase=f"computing reference log-probs for {len(keys)} sequences")
         for k, ref in enumerate(refs):
             with self._reference_model(ref) as model:
                 for s in range(0, len(keys), 2 * self.cfg.batch_size):
                     chunk = keys[s:s + 2 * self.cfg.batch_size]
-                    from training.data import collate
-
-                    ids, attn, resp = (t.to(self.device) for t in collate([seqs[c] for c in chunk], self.tokenizer.pad_token_id))
                     with self.accelerator.autocast():
-                        values[s:s + len(chunk), k] = response_logps(model, ids, attn, resp).logps.float().cpu()
+                        values[s:s + len(chunk), k] = self.logps(model, [seqs[c] for c in chunk]).logps.float().cpu()
         for i, key in enumerate(keys):
             self.ref_cache[key] = values[i]
         torch.save(self.ref_cache, path)
@@ -173,22 +169,30 @@ class Trainer:
             raise JobError(f"Internal error: no cached reference log-prob for {e}.") from None
 
     # -- one step -----------------------------------------------------------------------------------------------
+    def logps(self, model, parts: list[tuple[list[int], list[int]]], keep_logits: bool = False):
+        """Summed response log-probs of (prompt, response) sequences; prompts shared within the list are computed
+        once when `pack_prompts` is on (the default), else each sequence is padded on its own."""
+        if self.cfg.pack_prompts:
+            return packed_logps(model, parts, self.tokenizer.pad_token_id, keep_logits, device=self.device)
+        from training.data import collate
+
+        ids, attn, resp = (t.to(self.device) for t in collate(parts, self.tokenizer.pad_token_id))
+        return response_logps(model, ids, attn, resp, keep_logits=keep_logits)
+
     def forward(self, examples: list[Example], train: bool = True):
         kind = self.objective.data_kind
         b = make_batch(examples, kind, self.tokenizer.pad_token_id)
-        ids, attn, resp = b.input_ids.to(self.device), b.attention_mask.to(self.device), b.response_mask.to(self.device)
         keep = self.objective.needs_ref_logits
         with self.accelerator.autocast():
-            policy = response_logps(self.model, ids, attn, resp, keep_logits=keep)
+            policy = self.logps(self.model, b.parts, keep_logits=keep)
         inp = StepInput(batch=b, policy=policy, ref=self._ref(b.keys), beta=self.beta)
         if keep:
             with self._reference_model(None) as ref_model, self.accelerator.autocast():
-                inp.ref_out = response_logps(ref_model, ids, attn, resp, keep_logits=True)
+                inp.ref_out = self.logps(ref_model, b.parts, keep_logits=True)
         if self.objective.needs_kl_pairs:
             kb = make_batch(examples, kind, self.tokenizer.pad_token_id, with_kl=True)
             with torch.no_grad(), self.accelerator.autocast():
-                kl_pol = response_logps(self.model, kb.input_ids.to(self.device), kb.attention_mask.to(self.device),
-                                        kb.response_mask.to(self.device)).logps.float()
+                kl_pol = self.logps(self.model, kb.parts).logps.float()
             kl_ref = self._ref(kb.keys)[0]
             if self.accelerator.num_processes > 1:   # z0 is averaged over processes
                 kl_pol, kl_ref = self.accelerator.gather(kl_pol), self.accelerator.gather(kl_ref)
@@ -250,8 +254,7 @@ class Trainer:
             exs = self.eval_examples[s:s + self.cfg.batch_size]
             b = make_batch(exs, kind, self.tokenizer.pad_token_id)
             with self.accelerator.autocast():
-                out = response_logps(self.model, b.input_ids.to(self.device), b.attention_mask.to(self.device),
-                                     b.response_mask.to(self.device))
+                out = self.logps(self.model, b.parts)
             pol, ref, nt = out.logps.float().cpu(), self._ref(b.keys)[0].cpu(), out.n_tokens.cpu().clamp(min=1)
             ms.append((pol - ref) / nt)
             B = len(exs)

@@ -53,3 +53,15 @@ def test_only_admins_start_training(ctx, tiny_model_dir):
     assert ctx.db.scalar("SELECT count(*) FROM runs") == 0
     assert "queued" in start_training(ctx, ADMIN, cfg, data, "first", 0.0, {})
     assert ctx.db.scalar("SELECT state FROM runs") == "queued"
+
+
+def test_date_filter_selects_labels_by_day_and_rejects_a_bad_date(ctx):
+    import datetime as dt
+
+    label(ctx, n=4)
+    today = dt.date.today()
+    assert len(selection(ctx, "dpo", None, None, 0, str(today), str(today))) == 4
+    assert len(selection(ctx, "dpo", None, None, 0, str(today + dt.timedelta(days=1)), "")) == 0
+    assert len(selection(ctx, "dpo", None, None, 0, "", str(today - dt.timedelta(days=1)))) == 0
+    with pytest.raises(UserError, match="Labeled from: '25/11' is not a date"):
+        selection(ctx, "dpo", None, None, 0, "25/11", "")

@@ -38,8 +38,23 @@ PARAMS = [  # (field, label, one-line help)
 ]
 
 
-def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement) -> pd.DataFrame:
+def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement, since: str = "",
+              until: str = "") -> pd.DataFrame:
+    """The labels a run would train on; `since`/`until` are dates (YYYY-MM-DD, inclusive) of the labels."""
+    import datetime as dt
+
+    def day(text: str, field: str, end: bool):
+        text = (text or "").strip()
+        if not text:
+            return None
+        try:
+            d = dt.date.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"{field}: {text[:40]!r} is not a date; write it as YYYY-MM-DD.") from None
+        return dt.datetime.combine(d, dt.time.max if end else dt.time.min)
+
     return training_rows(ctx.db, DATA_KIND[algorithm], sites=sites or None, annotators=annotators or None,
+                         since=day(since, "Labeled from", False), until=day(until, "Labeled until", True),
                          min_agreement=min_agreement or None)
 
 
@@ -142,6 +157,8 @@ def build(ctx: AppContext) -> None:
             f_sites = gr.Dropdown(sites, multiselect=True, label="Sites (empty = all)")
             f_ann = gr.Dropdown(annotators, multiselect=True, label="Annotators (empty = all)")
             f_agree = gr.Slider(0, 1, value=0, step=0.05, label="Minimum agreement")
+            f_since = gr.Textbox(label="Labeled from (YYYY-MM-DD)", placeholder="any time")
+            f_until = gr.Textbox(label="Labeled until (YYYY-MM-DD)", placeholder="any time")
             f_eval = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Held out for evaluation")
     with gr.Accordion("Model", open=False):
         with gr.Row():
@@ -191,20 +208,21 @@ def build(ctx: AppContext) -> None:
         return build_config(ctx, algo, mdl, lora, r, lt, rf, dict(zip(fields, vals)), fd)
 
     @friendly
-    def on_check(algo, s, a, agree, mdl, lora, r, lt, rf, *vals):
+    def on_check(algo, s, a, agree, since, until, mdl, lora, r, lt, rf, *vals):
         cfg = _cfg(algo, mdl, lora, r, lt, rf, *vals)
-        data = selection(ctx, algo, s, a, agree)
+        data = selection(ctx, algo, s, a, agree, since, until)
         text, lam = preview(ctx, cfg, data)
         if cfg.federated is not None:
             text += "\n\n" + site_preview(cfg, data)
         return text, (lam if lam is not None else gr.update())
 
     @friendly
-    def on_train(request: gr.Request, algo, s, a, agree, ev, nm, mdl, lora, r, lt, rf, *vals):
+    def on_train(request: gr.Request, algo, s, a, agree, since, until, ev, nm, mdl, lora, r, lt, rf, *vals):
         user = ctx.user(request)
         cfg = _cfg(algo, mdl, lora, r, lt, rf, *vals)
-        data = selection(ctx, algo, s, a, agree)
-        return start_training(ctx, user, cfg, data, nm, ev, {"sites": s, "annotators": a, "min_agreement": agree})
+        data = selection(ctx, algo, s, a, agree, since, until)
+        return start_training(ctx, user, cfg, data, nm, ev, {"sites": s, "annotators": a, "min_agreement": agree,
+                                                             "since": since or None, "until": until or None})
 
     @friendly
     def on_generate(n, k, tok, only, mdl, request: gr.Request):
@@ -216,7 +234,7 @@ def build(ctx: AppContext) -> None:
             if (ctx.runs_dir / r[0] / "adapter").exists()]
         return EXPLAIN[algo], gr.update(choices=finished, visible=algo == "mrpo")
 
-    common = [algorithm, f_sites, f_ann, f_agree]
+    common = [algorithm, f_sites, f_ann, f_agree, f_since, f_until]
     model_in = [model, use_lora, lora_r, loss_type, refs]
     algorithm.change(on_algo, algorithm, [explain, refs], api_name=False)
     b_check.click(on_check, common + model_in + [boxes[f] for f in fields] + fed_inputs,

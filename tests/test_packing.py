@@ -79,3 +79,16 @@ def test_lean_head_matches_log_softmax_values_and_gradients():
     (plain * g).sum().backward()
     assert torch.allclose(lean, plain, atol=1e-5)
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, head.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+def test_cached_reference_equals_the_untrained_policy_in_bf16(tmp_path, tiny_model_dir, algorithm):
+    """References are cached batch by batch in training's own layout, so before any update the policy is exactly
+    the reference: rewards and m_theta are 0 and DPO's first loss is ln 2, also where bf16 rounds coarsely."""
+    run = make_run(tmp_path / "r", tiny_model_dir, algorithm, max_steps=2, precision="bf16")
+    tr = Trainer(JobConfig.load(run / "config.json"), run).prepare()
+    scalars, instances = tr.train_step()
+    assert scalars["m_theta"] == 0.0
+    assert all(row["m_theta"] == 0.0 for row in instances)
+    if algorithm == "dpo":
+        assert scalars["loss"] == pytest.approx(0.693147, abs=1e-6) and scalars["rewards/margins"] == 0.0

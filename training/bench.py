@@ -95,10 +95,11 @@ def make_run_dir(root: Path, name: str, cfg: JobConfig, train: pd.DataFrame, eva
 
 
 def base_config(args, algorithm: str, **over) -> JobConfig:
-    return JobConfig(algorithm=algorithm, model=str(args.model), lora=LoraConfig(r=8, alpha=16, dropout=0.0),
-                     batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                     learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed, checkpoint_every=0,
-                     precision=args.precision, **over)
+    settings = dict(algorithm=algorithm, model=str(args.model), lora=LoraConfig(r=8, alpha=16, dropout=0.0),
+                    batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                    learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed, checkpoint_every=0,
+                    precision=args.precision)
+    return JobConfig(**{**settings, **over})
 
 
 def sequential_trainer(cfg: JobConfig, run_dir: Path):
@@ -390,6 +391,8 @@ def quality(args, work: Path) -> dict:
     tok = load_tokenizer(args.model)
     allp = hh_pairs(args.data)
     train, held = allp.iloc[:args.quality_train], allp.iloc[args.quality_train:]
+    if args.quality_held_out:
+        held = held.head(args.quality_held_out)
     held_ex = tokenize(held.reset_index(drop=True), tok, "pairs", args.max_length, args.max_prompt_length)
     out = {"train_pairs": len(train), "held_out_pairs": len(held)}
     for kind in args.algorithms:
@@ -444,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--quality-train", type=int, default=2000)
     ap.add_argument("--quality-steps", type=int, default=500)
-    ap.add_argument("--quality-lr", type=float, default=5e-5)
+    ap.add_argument("--quality-lr", type=float, default=5e-4)
+    ap.add_argument("--quality-held-out", type=int, default=0, help="evaluate on this many held-out pairs (0 = all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)

@@ -51,7 +51,16 @@ class Trainer:
 
         cfg = self.cfg
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
-        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+        kwargs = dict(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+        try:
+            self.accelerator = Accelerator(**kwargs)
+        except ValueError:
+            # accelerate keeps one state per process; a single process running several jobs one after another
+            # (tests, benchmarks) may switch precision. A multi-process launch has one job, so never gets here.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(True)
+            self.accelerator = Accelerator(**kwargs)
         self.device = self.accelerator.device
         _seed_everything(cfg.seed)
         if model is None:
@@ -126,31 +135,35 @@ class Trainer:
         path = self.run_dir / REF_CACHE
         self.ref_cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
         kind = self.objective.data_kind
-        seqs: dict[str, tuple[list[int], list[int]]] = {}
         n_micro = self.total_steps * self.cfg.grad_accum * self.accelerator.num_processes
         groups = [self.micro_batch(i) for i in range(n_micro)]
         groups += [self.eval_examples[i:i + self.cfg.batch_size] for i in range(0, len(self.eval_examples), self.cfg.batch_size)]
+        # Each batch as training will see it (same sequences, same packed layout): at step 0 the policy's numbers
+        # are then the reference's exactly, also in bf16, where another layout would round differently.
+        todo, seen = [], set()
         for exs in groups:
             for with_kl in ((False, True) if self.objective.needs_kl_pairs and len(exs) > 1 else (False,)):
                 b = make_batch(exs, kind, self.tokenizer.pad_token_id, with_kl=with_kl)
-                for key, part in zip(b.keys, b.parts):
-                    if key not in self.ref_cache:
-                        seqs[key] = part
-        if not seqs:
+                if any(k not in self.ref_cache and k not in seen for k in b.keys):
+                    todo.append(b)
+                    seen.update(b.keys)
+        if not todo:
             return
         refs = [None] + list(self.cfg.references)   # None = the base (adapter off)
-        # Sequences sharing a prompt sit next to each other, so a packed chunk computes the prompt once.
-        keys = sorted(seqs, key=lambda k: (len(seqs[k][0]), seqs[k][0], len(seqs[k][1])))
-        values = torch.zeros(len(keys), len(refs))
-        self._status(state="running", phase=f"computing reference log-probs for {len(keys)} sequences")
+        values: dict[str, torch.Tensor] = {}
+        self._status(state="running", phase=f"computing reference log-probs for {len(seen)} sequences")
         for k, ref in enumerate(refs):
+            done: set[str] = set()
             with self._reference_model(ref) as model:
-                for s in range(0, len(keys), 2 * self.cfg.batch_size):
-                    chunk = keys[s:s + 2 * self.cfg.batch_size]
+                for b in todo:
                     with self.accelerator.autocast():
-                        values[s:s + len(chunk), k] = self.logps(model, [seqs[c] for c in chunk]).logps.float().cpu()
-        for i, key in enumerate(keys):
-            self.ref_cache[key] = values[i]
+                        lp = self.logps(model, b.parts).logps.float().cpu()
+                    for key, v in zip(b.keys, lp):
+                        if key not in done:      # first layout wins: the one training meets first
+                            values.setdefault(key, torch.zeros(len(refs)))[k] = v
+                            done.add(key)
+        for key, v in values.items():
+            self.ref_cache.setdefault(key, v)
         torch.save(self.ref_cache, path)
 
     def _reference_model(self, ref: str | None):

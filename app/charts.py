@@ -132,18 +132,27 @@ def minor_coef_chart(db, run_id):
 
 
 def per_site_chart(db: Database, run_id: str) -> go.Figure:
-    """Mean per-instance loss and m_θ per site over steps (federated runs: each site's own curve)."""
-    df = db.df("""SELECT step, coalesce(site, '(no site)') AS site, avg(loss) AS loss, avg(m_theta) AS m
-                  FROM run_instances WHERE run_id = ? GROUP BY ALL ORDER BY step""", [run_id])
-    fig = _fig("Per site: mean loss (solid) and m_θ (dotted)")
-    if df.empty:
-        fig.add_annotation(text="no instances yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    """Per site over steps: the loss (solid) and mean m_θ (dotted). Federated runs log each site's loss with its
+    site; a Flower coordinator has only those (per-example values stay at the sites). Other runs: the mean
+    per-instance loss by the data's site column."""
+    loss = db.df("""SELECT step, site, avg(value) AS loss FROM run_scalars
+                    WHERE run_id = ? AND name = 'loss' AND split = 'train' AND site IS NOT NULL
+                    GROUP BY ALL ORDER BY step""", [run_id])
+    inst = db.df("""SELECT step, coalesce(site, '(no site)') AS site, avg(loss) AS loss, avg(m_theta) AS m
+                    FROM run_instances WHERE run_id = ? GROUP BY ALL ORDER BY step""", [run_id])
+    if loss.empty:
+        loss = inst[["step", "site", "loss"]]
+    fig = _fig("Per site: loss (solid) and mean m_θ (dotted)")
+    if loss.empty and inst.empty:
+        fig.add_annotation(text="no per-site values yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
         return fig
-    for site, g in df.groupby("site"):
+    for site, g in loss.groupby("site"):
         fig.add_trace(go.Scatter(x=g.step, y=g.loss, mode="lines+markers", name=f"{site} loss"))
+    for site, g in inst.groupby("site"):
         fig.add_trace(go.Scatter(x=g.step, y=g.m, mode="lines", line=dict(dash="dot"), name=f"{site} m_θ",
                                  yaxis="y2"))
-    fig.update_layout(yaxis2=dict(title="m_θ", overlaying="y", side="right"))
+    if not inst.empty:
+        fig.update_layout(yaxis2=dict(title="m_θ", overlaying="y", side="right"))
     return fig
 
 

@@ -38,6 +38,17 @@ def create_run(ctx: AppContext, config: JobConfig, data: pd.DataFrame, name: str
         raise UserError(str(e)) from None
     if data is None or data.empty:
         raise UserError("There is nothing to train on: the selection has no rows.")
+    # Under the database lock: the supervisor lists unknown run directories as runs started outside the app, and
+    # must not see this one between its files and its row.
+    with ctx.db.lock:
+        run_id = _create_run_locked(ctx, config, data, name, parent_id, filters, eval_fraction, eval_data)
+    if ctx.supervisor is not None:
+        ctx.supervisor.wake()
+    return run_id
+
+
+def _create_run_locked(ctx: AppContext, config: JobConfig, data: pd.DataFrame, name, parent_id, filters,
+                       eval_fraction, eval_data) -> str:
     run_id = new_run_id()
     run_dir = ctx.runs_dir / run_id
     (run_dir / rundir.DATA).mkdir(parents=True)
@@ -56,8 +67,6 @@ def create_run(ctx: AppContext, config: JobConfig, data: pd.DataFrame, name: str
                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')""",
                    [run_id, name or f"{config.algorithm} {run_id}", config.kind, config.algorithm,
                     json.dumps(config.to_dict()), snap["id"] if snap else None, parent_id, str(run_dir)])
-    if ctx.supervisor is not None:
-        ctx.supervisor.wake()
     return run_id
 
 

@@ -25,10 +25,12 @@ from storage import rundir
 log = logging.getLogger("preflab.supervisor")
 ROOT = Path(__file__).resolve().parents[1]
 META_KEYS = {"step", "time", "split", "site", "round"}
+DISCOVER_EVERY_S = 5.0   # how often the runs folder is scanned for runs started outside the app
+JOB_NICE = 10   # CPU niceness of jobs the app starts (PREFLAB_JOB_NICE overrides; 0 = same as the app)
 
 
 class Supervisor:
-    def __init__(self, ctx: AppContext, poll_s: float = 1.0):
+    def __init__(self, ctx: AppContext, poll_s: float = 0.5):
         self.ctx, self.db, self.poll_s = ctx, ctx.db, poll_s
         self._offsets: dict[str, int] = {}       # run id -> bytes of metrics.jsonl ingested
         self._files: dict[str, set[str]] = {}    # run id -> instance files ingested
@@ -36,6 +38,7 @@ class Supervisor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_discovery = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -63,17 +66,78 @@ class Supervisor:
 
     # -- one pass -------------------------------------------------------------------------------------------------
     def tick(self) -> None:
-        for run_id, run_dir, state in self.db.fetchall(
-                "SELECT id, run_dir, state FROM runs WHERE state IN ('running', 'stopping') ORDER BY created_at"):
-            self._watch(run_id, Path(run_dir))
-        if not self.db.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping')"):
-            nxt = self.db.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' ORDER BY created_at LIMIT 1")
+        if time.time() - self._last_discovery >= DISCOVER_EVERY_S:
+            self.discover()
+        for run_id, run_dir, origin in self.db.fetchall(
+                "SELECT id, run_dir, origin FROM runs WHERE state IN ('running', 'stopping') "
+                "OR (origin = 'external' AND state = 'queued') ORDER BY created_at"):
+            if origin == "external":
+                self._watch_external(run_id, Path(run_dir))
+            else:
+                self._watch(run_id, Path(run_dir))
+        if not self.db.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping') AND origin = 'app'"):
+            nxt = self.db.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' AND origin = 'app' "
+                                   "ORDER BY created_at LIMIT 1")
             if nxt:
                 self._launch(nxt[0], Path(nxt[1]))
 
+    # -- runs the app did not start ---------------------------------------------------------------------------------
+    def discover(self) -> list[str]:
+        """List run directories that appeared under the app's runs folder without the app creating them, such as
+        a Flower coordinator's run (`python -m training.federated.flower PREFLAB_HOME/runs/NAME ...`): they get a
+        row, their metrics are ingested and charted like any run, but the app never starts or stops them."""
+        self._last_discovery = time.time()
+        root = self.ctx.runs_dir
+        if not root.is_dir():
+            return []
+        added = []
+        with self.db.lock:   # create_run holds the lock while it lays out a directory and adds its row
+            self._discover_locked(root, added)
+        return added
+
+    def _discover_locked(self, root: Path, added: list[str]) -> None:
+        known = {r[0] for r in self.db.fetchall("SELECT run_dir FROM runs")}
+        for d in sorted(root.iterdir()):
+            if str(d) in known or not (d / rundir.CONFIG).is_file() or not (d / rundir.STATUS).is_file():
+                continue
+            if self.db.scalar("SELECT count(*) FROM runs WHERE id = ?", [d.name]):
+                continue
+            cfg, st = rundir.read_config(d) or {}, rundir.read_status(d) or {}
+            state = st.get("state") if st.get("state") in rundir.STATES else "queued"
+            kind = str(cfg.get("kind", "train"))
+            self.db.execute("""INSERT INTO runs (id, name, kind, algorithm, config, run_dir, state, origin, step, total_steps)
+                               VALUES (?, ?, ?, ?, ?, ?, ?, 'external', ?, ?)""",
+                            [d.name, f"{d.name} (external)", kind, cfg.get("algorithm"), json.dumps(cfg), str(d),
+                             state, int(st.get("step") or 0), st.get("total")])
+            added.append(d.name)
+            log.info("found run %s started outside the app (%s)", d.name, state)
+
+    def _watch_external(self, run_id: str, run_dir: Path) -> None:
+        """Follow a run driven from outside: its status.json is the truth, except that a running one whose
+        heartbeat stopped is marked failed."""
+        if not run_dir.is_dir():
+            self._finish(run_id, run_dir, "failed", "Its run directory is gone.")
+            return
+        self.ingest(run_id, run_dir)
+        st = rundir.read_status(run_dir)
+        if st is None:
+            return   # caught mid-write, or not written yet: look again next tick
+        state = st.get("state", "queued")
+        if state in rundir.FINAL_STATES:
+            self.ingest(run_id, run_dir)
+            self._finish(run_id, run_dir, state, st.get("error"))
+        elif state == "running" and time.time() - float(st.get("heartbeat", 0)) > rundir.STALE_AFTER_S:
+            reason = f"No heartbeat for more than {rundir.STALE_AFTER_S:.0f} s from the process driving this run."
+            self._finish(run_id, run_dir, "failed", reason)
+        else:
+            self.db.execute("UPDATE runs SET state = ?, step = ?, total_steps = ? WHERE id = ?",
+                            [state, int(st.get("step") or 0), st.get("total"), run_id])
+
     def _launch(self, run_id: str, run_dir: Path) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               # below the app's priority: labeling stays responsive while a job takes every core
+               "PREFLAB_JOB_NICE": os.environ.get("PREFLAB_JOB_NICE", str(JOB_NICE))}
         logf = open(run_dir / rundir.LOG, "ab")
         # no shell: the run directory path is passed as one argument; own session: survives the app
         proc = subprocess.Popen([sys.executable, "-m", "training", str(run_dir)], cwd=str(ROOT), env=env,
@@ -81,7 +145,7 @@ class Supervisor:
                                 start_new_session=True)
         logf.close()
         self._procs[run_id] = proc
-        rundir.write_status(run_dir, state="running", pid=proc.pid, phase="starting")
+        rundir.write_status(run_dir, state="running", pid=proc.pid, phase="starting", error=None)
         self.db.execute("UPDATE runs SET state = 'running', pid = ?, started_at = coalesce(started_at, current_timestamp),"
                         " error = NULL WHERE id = ?", [proc.pid, run_id])
         log.info("started run %s (pid %s)", run_id, proc.pid)
@@ -91,15 +155,18 @@ class Supervisor:
         if proc is not None:
             proc.poll()   # reap a finished child so its pid reads as gone
         self.ingest(run_id, run_dir)
-        st = rundir.read_status(run_dir) or {}
+        st = rundir.read_status(run_dir)
+        if st is None and (run_dir / rundir.STATUS).exists():
+            return   # caught mid-write (no atomic rename on some file systems): look again next tick
+        st = st or {}
         state = st.get("state", "running")
+        own_child_alive = proc is not None and proc.poll() is None
         if state in rundir.FINAL_STATES:
             self.ingest(run_id, run_dir)
             self._finish(run_id, run_dir, state, st.get("error"))
-        elif not rundir.is_alive(st):
-            started = st.get("heartbeat", 0)
-            if time.time() - started < 10 and proc is not None and proc.poll() is None:
-                return   # just launched, first heartbeat not yet written
+        elif not own_child_alive and not rundir.is_alive(st):
+            # our own child is alive as long as its process is (a busy machine can delay its heartbeat); a job
+            # from before an app restart, by its pid and heartbeat
             reason = "The job process ended without saying why"
             tail = _log_tail(run_dir)
             if tail:
@@ -166,6 +233,7 @@ class Supervisor:
         if row is None:
             raise UserError(f"There is no run {run_id}.")
         state, pid, run_dir = row
+        self._refuse_external(run_id, "stopped")
         if state == "queued":
             self.db.execute("UPDATE runs SET state = 'stopped' WHERE id = ?", [run_id])
             rundir.write_status(run_dir, state="stopped")
@@ -181,11 +249,17 @@ class Supervisor:
 
     def resume(self, run_id: str) -> str:
         state = self.db.scalar("SELECT state FROM runs WHERE id = ?", [run_id])
+        self._refuse_external(run_id, "resumed")
         if state not in ("stopped", "failed"):
             raise UserError(f"Run {run_id} is {state}; only a stopped or failed run can be resumed.")
         self.db.execute("UPDATE runs SET state = 'queued', error = NULL, finished_at = NULL WHERE id = ?", [run_id])
         self.wake()
         return "Queued again: it continues from its last checkpoint."
+
+    def _refuse_external(self, run_id: str, verb: str) -> None:
+        if self.db.scalar("SELECT origin FROM runs WHERE id = ?", [run_id]) == "external":
+            raise UserError(f"Run {run_id} was started outside the app (a Flower run); it is {verb} where it "
+                            "was started (`flwr stop` at the coordinator), not here.")
 
     def delete(self, run_id: str) -> str:
         import shutil
@@ -195,11 +269,11 @@ class Supervisor:
             raise UserError(f"There is no run {run_id}.")
         if row[0] in ("running", "stopping"):
             raise UserError("Stop the run before deleting it.")
-        with self.db.transaction():
+        with self.db.transaction():   # holds the lock until the folder is gone: discovery must not re-list it
             for t in ("run_scalars", "run_instances"):
                 self.db.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
             self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
-        shutil.rmtree(row[1], ignore_errors=True)
+            shutil.rmtree(row[1], ignore_errors=True)
         self._offsets.pop(run_id, None)
         return f"Run {run_id} deleted."
 

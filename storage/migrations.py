@@ -157,3 +157,9 @@ CREATE TABLE run_instances (
     loss DOUBLE
 );
 """)
+
+# Runs the app did not start (a Flower coordinator's run directory under the app's runs folder): listed, charted,
+# never launched by the supervisor.
+migration("m002_run_origin", """
+ALTER TABLE runs ADD COLUMN origin VARCHAR DEFAULT 'app';
+""")

@@ -98,6 +98,7 @@ def test_killed_job_fails_with_reason_and_resumes(ctx, tiny_model_dir):
             break
         time.sleep(0.2)
     assert st.get("resumed_from", 0) >= 5
+    assert ctx.db.fetchone("SELECT state, error FROM runs WHERE id = ?", [run_id]) == ("running", None)
     sup2.stop(run_id)
     assert wait_for(sup2, ctx, run_id, ("stopped",), timeout=60) == "stopped"
 
@@ -110,3 +111,58 @@ def test_generation_job_fills_the_queues(ctx, tiny_model_dir):
     kinds = dict(ctx.db.fetchall("SELECT kind, count(*) FROM tasks GROUP BY kind"))
     assert kinds.get("pair", 0) >= 1 and kinds.get("single", 0) >= 2
     assert Q.next_task(ctx.db, "someone", kind="pair")["site"] in ("a", "b")
+
+
+def test_a_flower_run_in_the_runs_folder_is_listed_and_charted_but_never_launched(ctx, monkeypatch):
+    """A Flower coordinator writes its run directory under the app's runs folder: the Runs page lists it, charts
+    its per-site metrics live and follows its state, and stop/resume are refused with a sentence."""
+    from app.context import UserError
+    from training.config import FederatedConfig
+
+    d = ctx.runs_dir / "fed-1"
+    d.mkdir(parents=True)
+    JobConfig(algorithm="kto", model="/srv/m", federated=FederatedConfig(rounds=2, local_steps=2)).save(d / rundir.CONFIG)
+    rundir.write_status(d, state="queued", phase="submitted to the SuperLink")
+    sup = Supervisor(ctx)
+    sup.tick()
+    row = ctx.db.fetchone("SELECT state, origin, algorithm, name FROM runs WHERE id = 'fed-1'")
+    assert row[:3] == ("queued", "external", "kto") and "external" in row[3]
+    launched = []
+    monkeypatch.setattr(sup, "_launch", lambda *a: launched.append(a))
+    rundir.write_status(d, state="running", pid=os.getpid(), step=1, total=2)
+    for site in ("plant-a", "plant-b"):
+        rundir.append_metrics(d, {"step": 1, "time": time.time(), "split": "train", "site": site, "round": 1, "loss": 0.5})
+    sup.tick()
+    assert launched == []
+    assert ctx.db.fetchone("SELECT state, step FROM runs WHERE id = 'fed-1'") == ("running", 1)
+    sites = ctx.db.fetchall("SELECT DISTINCT site FROM run_scalars WHERE run_id = 'fed-1' AND name = 'loss' ORDER BY 1")
+    assert sites == [("plant-a",), ("plant-b",)]
+    assert len(charts.per_site_chart(ctx.db, "fed-1").data) == 2
+    with pytest.raises(UserError, match="outside the app"):
+        sup.stop("fed-1")
+    rundir.write_status(d, state="finished", step=2)
+    sup.tick()
+    assert ctx.db.scalar("SELECT state FROM runs WHERE id = 'fed-1'") == "finished"
+    # a second directory whose driver died: failed, with the reason
+    d2 = ctx.runs_dir / "fed-2"
+    d2.mkdir()
+    (d2 / rundir.CONFIG).write_text((d / rundir.CONFIG).read_text())
+    rundir.write_status(d2, state="running", pid=os.getpid())
+    st = rundir.read_json(d2 / rundir.STATUS)
+    rundir.write_json_atomic(d2 / rundir.STATUS, {**st, "heartbeat": time.time() - 3600})
+    sup.discover()
+    sup.tick()
+    state, error = ctx.db.fetchone("SELECT state, error FROM runs WHERE id = 'fed-2'")
+    assert state == "failed" and "heartbeat" in error
+
+
+def test_runs_the_app_creates_are_never_taken_for_external_ones(ctx, tiny_model_dir):
+    from app.jobs import create_run
+
+    sup = Supervisor(ctx)
+    label_pairs(ctx.db)
+    cfg = JobConfig(algorithm="dpo", model=str(tiny_model_dir), batch_size=2, max_steps=1, max_length=64,
+                    max_prompt_length=32)
+    run_id = create_run(ctx, cfg, training_rows(ctx.db, "pairs"))
+    assert sup.discover() == []
+    assert ctx.db.scalar("SELECT origin FROM runs WHERE id = ?", [run_id]) == "app"

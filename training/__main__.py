@@ -14,6 +14,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def lower_priority(nice: int) -> None:
+    """Run below the app: the kernel then hands a core to a labeling request at once, and the job keeps the rest.
+    The job runs in its own session, so with the kernel's autogroup scheduling it is also its session group's
+    niceness that counts (set through /proc/self/autogroup where the kernel has it)."""
+    if nice <= 0:
+        return
+    os.nice(nice)
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:
+        pass   # no autogroup scheduling here: the process niceness alone does it
+
+
 def run_job(run_dir: str | Path) -> int:
     from storage import rundir
     from training.config import ConfigError, JobConfig
@@ -75,4 +88,5 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m training RUN_DIR", file=sys.stderr)
         sys.exit(2)
+    lower_priority(int(os.environ.get("PREFLAB_JOB_NICE") or 0))
     sys.exit(run_job(sys.argv[1]))

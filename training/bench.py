@@ -359,27 +359,35 @@ def memory_child(kind: str, args, work: Path) -> dict:
 
 # -- quality ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def pair_accuracy(model, tokenizer, examples, batch_size: int = 8) -> dict:
-    """Held-out preference accuracy: implicit reward (policy - base reference) and per-token likelihood."""
+def held_out_logps(tr, examples) -> torch.Tensor:
+    """Summed response log-probs [2, n] (chosen, rejected) of held-out pairs under `tr`'s policy, in the trainer's
+    own packed layout and precision (bf16 autocast makes this several times faster than a plain fp32 pass)."""
     from training.data import make_batch
-    from training.modeling import reference_mode, response_logps
 
-    wins = lik = 0.0
-    ms = []
-    for s in range(0, len(examples), batch_size):
-        exs = examples[s:s + batch_size]
-        b = make_batch(exs, "pairs", tokenizer.pad_token_id)
-        pol = response_logps(model, b.input_ids, b.attention_mask, b.response_mask)
-        with reference_mode(model) as ref_model:
-            ref = response_logps(ref_model, b.input_ids, b.attention_mask, b.response_mask).logps
-        B, nt = len(exs), pol.n_tokens.clamp(min=1)
-        r = pol.logps - ref
-        wins += float(((r[:B] > r[B:]).float() + 0.5 * (r[:B] == r[B:]).float()).sum())
-        lik += float((pol.logps[:B] / nt[:B] > pol.logps[B:] / nt[B:]).float().sum())
-        ms.append(r / nt)
-    n = len(examples)
-    return {"reward_accuracy": round(wins / n, 4), "likelihood_accuracy": round(lik / n, 4),
-            "mean_m_theta": round(float(torch.cat(ms).mean()), 5)}
+    chosen, rejected = [], []
+    for s in range(0, len(examples), 8):
+        exs = examples[s:s + 8]
+        b = make_batch(exs, "pairs", tr.tokenizer.pad_token_id)
+        with tr.accelerator.autocast():
+            lp = tr.logps(tr.model, b.parts).logps.float().cpu()
+        chosen.append(lp[:len(exs)]), rejected.append(lp[len(exs):])
+    return torch.stack([torch.cat(chosen), torch.cat(rejected)])
+
+
+def n_response_tokens(examples) -> torch.Tensor:
+    return torch.tensor([[len(ex.responses[0]) for ex in examples], [len(ex.responses[1]) for ex in examples]]).clamp(min=1)
+
+
+def pair_accuracy(policy: torch.Tensor, base: torch.Tensor, n_tokens: torch.Tensor) -> dict:
+    """Held-out preference accuracy from [2, n] log-probs: by implicit reward (policy - base, ties count half;
+    exactly 0.5 for the base model itself) and by the policy's own per-token likelihood (meaningful for the base
+    model too), plus mean m_theta."""
+    r = policy - base
+    wins = (r[0] > r[1]).float() + 0.5 * (r[0] == r[1]).float()
+    per_token = policy / n_tokens
+    return {"reward_accuracy": round(float(wins.mean()), 4),
+            "likelihood_accuracy": round(float((per_token[0] > per_token[1]).float().mean()), 4),
+            "mean_m_theta": round(float((r / n_tokens).mean()), 5)}
 
 
 def quality(args, work: Path) -> dict:
@@ -393,7 +401,9 @@ def quality(args, work: Path) -> dict:
     if args.quality_held_out:
         held = held.head(args.quality_held_out)
     held_ex = tokenize(held.reset_index(drop=True), tok, "pairs", args.max_length, args.max_prompt_length)
-    out = {"train_pairs": len(train), "held_out_pairs": len(held)}
+    n_tokens = n_response_tokens(held_ex)
+    out = {"train_pairs": len(train), "held_out_pairs": len(held_ex), "precision": args.precision}
+    base = None
     for kind in args.algorithms:
         rows = train if kind == "dpo" else interleaved_unpaired(train)
         cfg = base_config(args, kind, max_steps=args.quality_steps)
@@ -401,9 +411,12 @@ def quality(args, work: Path) -> dict:
         tr = Trainer(cfg, make_run_dir(work, f"quality-{kind}", cfg, rows))
         t0 = time.perf_counter()
         tr.prepare()
-        if "base" not in out:
-            out["base"] = pair_accuracy(tr.model, tok, held_ex)
+        if base is None:
+            t_eval = time.perf_counter()
+            base = held_out_logps(tr, held_ex)
+            out["base"] = {**pair_accuracy(base, base, n_tokens), "eval_s": round(time.perf_counter() - t_eval, 1)}
             log(f"base: {out['base']}")
+            t0 += time.perf_counter() - t_eval
         last = None
         for step in range(1, tr.total_steps + 1):
             s, _ = tr.train_step()
@@ -411,7 +424,7 @@ def quality(args, work: Path) -> dict:
             if step % 25 == 0:
                 log(f"{kind} step {step}/{tr.total_steps} loss {s['loss']:.4f} {time.perf_counter() - t0:.0f}s")
         wall = time.perf_counter() - t0
-        acc = pair_accuracy(tr.model, tok, held_ex)
+        acc = pair_accuracy(held_out_logps(tr, held_ex), base, n_tokens)
         out[kind] = {"steps": tr.total_steps, "examples_seen": tr.total_steps * cfg.batch_size, "wall_s": round(wall, 1),
                      "learning_rate": cfg.learning_rate, "final_loss": round(last["loss"], 4), **acc}
         log(f"{kind}: {out[kind]}")

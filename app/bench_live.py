@@ -1,0 +1,154 @@
+"""Benchmark: the app while a job trains. `python -m app.bench_live`, a report on stdout (JSON on the last line).
+
+The app's own structure, in one process: one database, the job supervisor thread, a real training job in its own
+process (SmolLM2 + LoRA DPO on HH pairs, as the app launches it), a viewer that rebuilds the Runs page's charts
+every 2 s (what an open Runs tab does), and annotators saving labels.
+
+- Chart latency: for every trainer step, the time from the job writing its metrics line to the first Runs-page
+  refresh whose loss chart holds that step (ingest + refresh period; the browser's drawing is not included).
+  Target: at most 3 s.
+- Labeling latency: "save a label + fetch the next task" (the labeling benchmark's operation, on its database
+  of `--tasks` tasks and `--annotations` annotations) before, during and after the job. Target: p50 and p95
+  during training at most 1.2 x the idle figures (mean of before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from app.context import AppContext
+from labeling import bench_label
+
+
+def hh_training_pairs(model: Path, n: int, max_prompt_length: int):
+    from training import bench
+    from training.modeling import load_tokenizer
+
+    return bench.fitting(bench.hh_pairs(bench.HH), load_tokenizer(model), max_prompt_length, n)
+
+
+class Viewer(threading.Thread):
+    """An open Runs tab: every `period` s the page's refresh builds all its charts; records when each step first
+    shows in the loss chart."""
+
+    def __init__(self, ctx: AppContext, run_id: str, period: float = 2.0):
+        super().__init__(daemon=True)
+        self.ctx, self.run_id, self.period = ctx, run_id, period
+        self.seen: dict[int, float] = {}
+        self.refresh_ms: list[float] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from app.pages.runs import figures, status_line
+
+        while not self.done.wait(self.period):
+            t0 = time.perf_counter()
+            status_line(self.ctx, self.run_id)
+            figs = figures(self.ctx, self.run_id)
+            now = time.time()
+            self.refresh_ms.append(1000 * (time.perf_counter() - t0))
+            steps = [int(x) for tr in figs[0].data for x in (tr.x if tr.x is not None else [])]
+            for s in steps:
+                self.seen.setdefault(s, now)
+
+
+def summary(times: list[float]) -> dict:
+    return {"ops": len(times), "p50_ms": round(statistics.median(times), 2),
+            "p95_ms": round(bench_label.percentile(times, 95), 2), "max_ms": round(max(times), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training import bench
+
+    ap = argparse.ArgumentParser(prog="python -m app.bench_live", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=bench.default_model())
+    ap.add_argument("--tasks", type=int, default=100_000)
+    ap.add_argument("--annotations", type=int, default=1_000_000)
+    ap.add_argument("--ops", type=int, default=400, help="labeling operations per phase")
+    ap.add_argument("--steps", type=int, default=40, help="training steps of the job")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--job-nice", type=int, default=None,
+                    help="override the job's CPU niceness (the app's default: PREFLAB_JOB_NICE or 10)")
+    args = ap.parse_args(argv)
+    if not (args.model / "config.json").exists():
+        print(json.dumps({"error": f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."}))
+        return 2
+    import os
+
+    from app.jobs import create_run
+    from app.supervisor import Supervisor
+    from storage import rundir
+    from training.config import JobConfig
+
+    if args.job_nice is not None:
+        os.environ["PREFLAB_JOB_NICE"] = str(args.job_nice)
+    with tempfile.TemporaryDirectory(prefix="preflab-live-") as tmp:
+        ctx = AppContext(Path(tmp))
+        t0 = time.perf_counter()
+        bench_label.build(ctx.db, args.tasks, args.annotations)
+        print(f"database: {args.tasks:,} tasks, {args.annotations:,} annotations, built in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        bench_label.measure(ctx.db, 50, seed=9)          # warm the caches, like a page that has been used
+        before = bench_label.measure(ctx.db, args.ops, seed=0)
+        print(f"labeling, idle: {summary(before)}", flush=True)
+
+        cfg = JobConfig(algorithm="dpo", model=str(args.model), batch_size=4, max_length=256, max_prompt_length=192,
+                        learning_rate=5e-4, max_steps=args.steps, precision=args.precision, checkpoint_every=0)
+        run_id = create_run(ctx, cfg, hh_training_pairs(args.model, 4 * args.steps, cfg.max_prompt_length))
+        ctx.supervisor = sup = Supervisor(ctx).start()
+        viewer = Viewer(ctx, run_id)
+        viewer.start()
+        state = lambda: ctx.db.fetchone("SELECT state, step FROM runs WHERE id = ?", [run_id])  # noqa: E731
+        while state()[0] in ("queued", "running") and state()[1] < 2:   # past loading and the reference pass
+            time.sleep(0.2)
+        during, k, first_step = [], 0, state()[1]
+        while state()[0] == "running" and (len(during) < args.ops or state()[1] < args.steps - 1):
+            during += bench_label.measure(ctx.db, 50, seed=100 + k)   # bursts of 50 decisions, all through the run
+            k += 1
+            time.sleep(0.5)
+        print(f"labeling, while the job trains (steps {first_step}..{state()[1]}): {summary(during)}", flush=True)
+        while state()[0] in ("queued", "running"):
+            time.sleep(0.5)
+        time.sleep(2.5)                                   # one last refresh
+        viewer.done.set()
+        viewer.join()
+        sup.shutdown()
+        final = state()[0]
+        after = bench_label.measure(ctx.db, args.ops, seed=2)
+        print(f"labeling, idle again: {summary(after)}", flush=True)
+
+        records, _ = rundir.read_metrics(ctx.runs_dir / run_id)
+        written = {int(r["step"]): r["time"] for r in records if r.get("split", "train") == "train"}
+        lat = [viewer.seen[s] - t for s, t in written.items() if s in viewer.seen]
+        missing = sorted(set(written) - set(viewer.seen))
+        idle_p50 = (statistics.median(before) + statistics.median(after)) / 2
+        idle_p95 = (bench_label.percentile(before, 95) + bench_label.percentile(after, 95)) / 2
+        report = {
+            "job": {"state": final, "steps": len(written), "precision": args.precision,
+                    "nice": int(os.environ.get("PREFLAB_JOB_NICE", "10"))},
+            "chart_latency_s": {"steps": len(lat), "p50": round(statistics.median(lat), 2) if lat else None,
+                                "max": round(max(lat), 2) if lat else None, "never_shown": missing,
+                                "refresh_ms_p50": round(statistics.median(viewer.refresh_ms), 1)},
+            "labeling": {"before": summary(before), "during": summary(during), "after": summary(after),
+                         "during_over_idle_p50": round(statistics.median(during) / idle_p50, 3),
+                         "during_over_idle_p95": round(bench_label.percentile(during, 95) / idle_p95, 3)},
+        }
+        ok = (final == "finished" and lat and max(lat) <= 3.0 and not missing
+              and report["labeling"]["during_over_idle_p50"] <= 1.2 and report["labeling"]["during_over_idle_p95"] <= 1.2)
+        report["pass"] = bool(ok)
+        print(f"chart latency: {report['chart_latency_s']}")
+        print(f"labeling during / idle: p50 {report['labeling']['during_over_idle_p50']}x, "
+              f"p95 {report['labeling']['during_over_idle_p95']}x (target <= 1.2x)")
+        print(json.dumps(report))
+        ctx.db.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

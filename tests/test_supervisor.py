@@ -138,6 +138,8 @@ def test_a_flower_run_in_the_runs_folder_is_listed_and_charted_but_never_launche
     sites = ctx.db.fetchall("SELECT DISTINCT site FROM run_scalars WHERE run_id = 'fed-1' AND name = 'loss' ORDER BY 1")
     assert sites == [("plant-a",), ("plant-b",)]
     assert len(charts.per_site_chart(ctx.db, "fed-1").data) == 2
+    from app.pages.runs import status_line
+    assert "outside the app" in status_line(ctx, "fed-1")
     with pytest.raises(UserError, match="outside the app"):
         sup.stop("fed-1")
     rundir.write_status(d, state="finished", step=2)

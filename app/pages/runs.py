@@ -20,12 +20,16 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
 def status_line(ctx: AppContext, run_id: str | None) -> str:
     if not run_id:
         return "Pick a run."
-    row = ctx.db.fetchone("SELECT state, step, total_steps, error, run_dir, algorithm FROM runs WHERE id = ?", [run_id])
+    row = ctx.db.fetchone("SELECT state, step, total_steps, error, run_dir, algorithm, origin FROM runs WHERE id = ?",
+                          [run_id])
     if row is None:
         return f"There is no run {run_id}."
-    state, step, total, error, run_dir, algo = row
+    state, step, total, error, run_dir, algo, origin = row
     st = rundir.read_status(run_dir) or {}
     parts = [f"**{run_id}** ({algo}) is **{state}**: step {step} of {total or '?'}"]
+    if origin == "external":
+        parts.append("Started outside the app (a Flower coordinator): followed here, stopped where it was started; "
+                     "per-example values (m_θ) stay at the sites.")
     if state == "running" and st.get("eta_s") is not None:
         parts.append(f"about {int(st['eta_s'])} s left")
     if st.get("phase") and state == "running":

@@ -20,10 +20,19 @@ def scalars(db: Database, run_ids: list[str], names: list[str], split: str = "tr
                        AND split = ? ORDER BY run_id, step""", [*run_ids, *names, split])
 
 
+# The look of plotly's "plotly_white", set by hand: applying a named template deep-copies and validates it for every
+# figure, which was three quarters of a Runs-page refresh (10 figures every 2 s, in the process that serves labeling).
+_AXIS = dict(gridcolor="#ebf0f8", zerolinecolor="#ebf0f8", linecolor="#ebf0f8", automargin=True)
+_LAYOUT = go.Layout(template="none", plot_bgcolor="white", paper_bgcolor="white", height=300,
+                    margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.25),
+                    font=dict(color="#2a3f5f"), colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A",
+                                                          "#19d3f3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"],
+                    xaxis=dict(_AXIS, title="step"), yaxis=_AXIS)
+
+
 def _fig(title: str, ytitle: str = "") -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(title=title, height=300, margin=dict(l=40, r=10, t=40, b=30), xaxis_title="step",
-                      yaxis_title=ytitle, legend=dict(orientation="h", y=-0.25), template="plotly_white")
+    fig = go.Figure(layout=_LAYOUT)
+    fig.update_layout(title=title, yaxis_title=ytitle)
     return fig
 
 

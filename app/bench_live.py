@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     ap.add_argument("--job-nice", type=int, default=None,
                     help="override the job's CPU niceness (the app's default: PREFLAB_JOB_NICE or 10)")
+    ap.add_argument("--job-threads", type=int, default=None,
+                    help="override the job's CPU threads (the app's default: PREFLAB_JOB_THREADS or cores - 1)")
+    ap.add_argument("--no-viewer", action="store_true", help="no open Runs tab (chart latency is then not measured)")
     args = ap.parse_args(argv)
     if not (args.model / "config.json").exists():
         print(json.dumps({"error": f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."}))
@@ -82,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from app.jobs import create_run
-    from app.supervisor import Supervisor
+    from app.supervisor import JOB_NICE, Supervisor, job_threads
     from storage import rundir
     from training.config import JobConfig
 
     if args.job_nice is not None:
         os.environ["PREFLAB_JOB_NICE"] = str(args.job_nice)
+    if args.job_threads is not None:
+        os.environ["PREFLAB_JOB_THREADS"] = str(args.job_threads)
     with tempfile.TemporaryDirectory(prefix="preflab-live-") as tmp:
         ctx = AppContext(Path(tmp))
         t0 = time.perf_counter()
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                         learning_rate=5e-4, max_steps=args.steps, precision=args.precision, checkpoint_every=0)
         run_id = create_run(ctx, cfg, hh_training_pairs(args.model, 4 * args.steps, cfg.max_prompt_length))
         ctx.supervisor = sup = Supervisor(ctx).start()
-        viewer = Viewer(ctx, run_id)
+        viewer = Viewer(ctx, run_id, period=1e9 if args.no_viewer else 2.0)
         viewer.start()
         state = lambda: ctx.db.fetchone("SELECT state, step FROM runs WHERE id = ?", [run_id])  # noqa: E731
         while state()[0] in ("queued", "running") and state()[1] < 2:   # past loading and the reference pass
@@ -131,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         idle_p95 = (bench_label.percentile(before, 95) + bench_label.percentile(after, 95)) / 2
         report = {
             "job": {"state": final, "steps": len(written), "precision": args.precision,
-                    "nice": int(os.environ.get("PREFLAB_JOB_NICE", "10"))},
+                    "nice": int(os.environ.get("PREFLAB_JOB_NICE", JOB_NICE)),
+                    "threads": int(os.environ.get("PREFLAB_JOB_THREADS", job_threads())),
+                    "steps_per_s": round((len(written) - 1) / (max(written.values()) - min(written.values())), 3)
+                    if len(written) > 1 else None},
             "chart_latency_s": {"steps": len(lat), "p50": round(statistics.median(lat), 2) if lat else None,
                                 "max": round(max(lat), 2) if lat else None, "never_shown": missing,
-                                "refresh_ms_p50": round(statistics.median(viewer.refresh_ms), 1)},
+                                "refresh_ms_p50": round(statistics.median(viewer.refresh_ms), 1) if viewer.refresh_ms else None},
             "labeling": {"before": summary(before), "during": summary(during), "after": summary(after),
                          "during_over_idle_p50": round(statistics.median(during) / idle_p50, 3),
                          "during_over_idle_p95": round(bench_label.percentile(during, 95) / idle_p95, 3)},

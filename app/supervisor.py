@@ -29,8 +29,13 @@ DISCOVER_EVERY_S = 5.0   # how often the runs folder is scanned for runs started
 JOB_NICE = 10   # CPU niceness of jobs the app starts (PREFLAB_JOB_NICE overrides; 0 = same as the app)
 
 
+def job_threads() -> int:
+    """CPU threads for a job: every core the app may use but one, which stays free for labeling requests."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class Supervisor:
-    def __init__(self, ctx: AppContext, poll_s: float = 0.5):
+    def __init__(self, ctx: AppContext, poll_s: float = 0.25):
         self.ctx, self.db, self.poll_s = ctx, ctx.db, poll_s
         self._offsets: dict[str, int] = {}       # run id -> bytes of metrics.jsonl ingested
         self._files: dict[str, set[str]] = {}    # run id -> instance files ingested
@@ -136,8 +141,9 @@ class Supervisor:
     def _launch(self, run_id: str, run_dir: Path) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               # below the app's priority: labeling stays responsive while a job takes every core
-               "PREFLAB_JOB_NICE": os.environ.get("PREFLAB_JOB_NICE", str(JOB_NICE))}
+               # below the app's priority and leaving it a core: labeling stays responsive while a job trains
+               "PREFLAB_JOB_NICE": os.environ.get("PREFLAB_JOB_NICE", str(JOB_NICE)),
+               "PREFLAB_JOB_THREADS": os.environ.get("PREFLAB_JOB_THREADS", str(job_threads()))}
         logf = open(run_dir / rundir.LOG, "ab")
         # no shell: the run directory path is passed as one argument; own session: survives the app
         proc = subprocess.Popen([sys.executable, "-m", "training", str(run_dir)], cwd=str(ROOT), env=env,

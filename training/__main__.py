@@ -14,10 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def lower_priority(nice: int) -> None:
-    """Run below the app: the kernel then hands a core to a labeling request at once, and the job keeps the rest.
-    The job runs in its own session, so with the kernel's autogroup scheduling it is also its session group's
-    niceness that counts (set through /proc/self/autogroup where the kernel has it)."""
+def share_the_machine(nice: int, threads: int) -> None:
+    """Jobs the app starts leave room for the app: `threads` CPU threads (the app keeps a core for labeling; more
+    priority alone did not do it, the job's threads still slowed every request by half on 2 cores) and a lower
+    priority. The job runs in its own session, so with the kernel's autogroup scheduling it is also its session
+    group's niceness that counts (set through /proc/self/autogroup where the kernel has it)."""
+    if threads > 0:   # before torch is imported: its thread pools read this once
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     if nice <= 0:
         return
     os.nice(nice)
@@ -88,5 +91,5 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m training RUN_DIR", file=sys.stderr)
         sys.exit(2)
-    lower_priority(int(os.environ.get("PREFLAB_JOB_NICE") or 0))
+    share_the_machine(int(os.environ.get("PREFLAB_JOB_NICE") or 0), int(os.environ.get("PREFLAB_JOB_THREADS") or 0))
     sys.exit(run_job(sys.argv[1]))

@@ -161,7 +161,7 @@ def per_site_chart(db: Database, run_id: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=g.step, y=g.m, mode="lines", line=dict(dash="dot"), name=f"{site} m_θ",
                                  yaxis="y2"))
     if not inst.empty:
-        fig.update_layout(yaxis2=dict(title="m_θ", overlaying="y", side="right"))
+        fig.update_layout(yaxis2=dict(title="m_θ", overlaying="y", side="right"), margin=dict(r=60))
     return fig
 
 

@@ -31,7 +31,7 @@ def annotate(db, who, acked, errors, seed, lease_s=300, undo_every=0):
     rng = random.Random(seed)
     n = 0
     try:
-        while (task := Q.next_task(db, who, lease_s=lease_s, rng=rng)) is not None:
+        while (task := next_or_wait(db, who, lease_s, rng)) is not None:
             if task["kind"] == "pair":
                 value = Q.pair_value_from_shown(rng.choice("1230"), task["shown_order"])
             else:
@@ -51,6 +51,24 @@ def annotate(db, who, acked, errors, seed, lease_s=300, undo_every=0):
                 acked.remove(next(a for a in acked if a[1] == back["task_id"] and a[2] == who))
     except Exception as e:  # noqa: BLE001 - surfaced by the test
         errors.append(repr(e))
+
+
+def next_or_wait(db, who, lease_s, rng, wait_s=20.0):
+    """The next task; when there is none only because others hold the last open tasks on lease, wait for them as
+    a person on the Label page would (they may skip or undo and free a slot), instead of leaving."""
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        task = Q.next_task(db, who, lease_s=lease_s, rng=rng)
+        held_by_others = db.scalar("""
+            SELECT count(*) FROM leases l JOIN tasks t ON t.id = l.task_id
+            WHERE l.annotator <> ? AND t.n_done < t.required
+              AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.task_id = l.task_id AND a.annotator = ?)""",
+                                   [who, who])
+        if task is not None or not held_by_others or time.time() > deadline:
+            return task
+        time.sleep(0.02)
 
 
 def run_annotators(db, n, **kw):

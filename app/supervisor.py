@@ -97,25 +97,21 @@ class Supervisor:
             return []
         added = []
         with self.db.lock:   # create_run holds the lock while it lays out a directory and adds its row
-            self._discover_locked(root, added)
+            known = {k for row in self.db.fetchall("SELECT id, run_dir FROM runs") for k in row}
+            for d in sorted(root.iterdir()):
+                if d.name in known or str(d) in known or not (d / rundir.CONFIG).is_file() \
+                        or not (d / rundir.STATUS).is_file():
+                    continue
+                cfg, st = rundir.read_config(d) or {}, rundir.read_status(d) or {}
+                state = st.get("state") if st.get("state") in rundir.STATES else "queued"
+                self.db.execute("""INSERT INTO runs (id, name, kind, algorithm, config, run_dir, state, origin, step,
+                                                     total_steps)
+                                   VALUES (?, ?, ?, ?, ?, ?, ?, 'external', ?, ?)""",
+                                [d.name, f"{d.name} (external)", str(cfg.get("kind", "train")), cfg.get("algorithm"),
+                                 json.dumps(cfg), str(d), state, int(st.get("step") or 0), st.get("total")])
+                added.append(d.name)
+                log.info("found run %s started outside the app (%s)", d.name, state)
         return added
-
-    def _discover_locked(self, root: Path, added: list[str]) -> None:
-        known = {r[0] for r in self.db.fetchall("SELECT run_dir FROM runs")}
-        for d in sorted(root.iterdir()):
-            if str(d) in known or not (d / rundir.CONFIG).is_file() or not (d / rundir.STATUS).is_file():
-                continue
-            if self.db.scalar("SELECT count(*) FROM runs WHERE id = ?", [d.name]):
-                continue
-            cfg, st = rundir.read_config(d) or {}, rundir.read_status(d) or {}
-            state = st.get("state") if st.get("state") in rundir.STATES else "queued"
-            kind = str(cfg.get("kind", "train"))
-            self.db.execute("""INSERT INTO runs (id, name, kind, algorithm, config, run_dir, state, origin, step, total_steps)
-                               VALUES (?, ?, ?, ?, ?, ?, ?, 'external', ?, ?)""",
-                            [d.name, f"{d.name} (external)", kind, cfg.get("algorithm"), json.dumps(cfg), str(d),
-                             state, int(st.get("step") or 0), st.get("total")])
-            added.append(d.name)
-            log.info("found run %s started outside the app (%s)", d.name, state)
 
     def _watch_external(self, run_id: str, run_dir: Path) -> None:
         """Follow a run driven from outside: its status.json is the truth, except that a running one whose

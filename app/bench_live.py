@@ -110,20 +110,31 @@ def main(argv: list[str] | None = None) -> int:
         viewer = Viewer(ctx, run_id, period=1e9 if args.no_viewer else 2.0)
         viewer.start()
         state = lambda: ctx.db.fetchone("SELECT state, step FROM runs WHERE id = ?", [run_id])  # noqa: E731
-        while state()[0] in ("queued", "running") and state()[1] < 2:   # past loading and the reference pass
-            time.sleep(0.2)
-        during, k, first_step = [], 0, state()[1]
-        while state()[0] == "running" and (len(during) < args.ops or state()[1] < args.steps - 1):
-            during += bench_label.measure(ctx.db, 50, seed=100 + k)   # bursts of 50 decisions, all through the run
-            k += 1
-            time.sleep(0.5)
-        print(f"labeling, while the job trains (steps {first_step}..{state()[1]}): {summary(during)}", flush=True)
-        while state()[0] in ("queued", "running"):
-            time.sleep(0.5)
-        time.sleep(2.5)                                   # one last refresh
-        viewer.done.set()
-        viewer.join()
-        sup.shutdown()
+        try:
+            while state()[0] in ("queued", "running") and state()[1] < 2:   # past loading and the reference pass
+                time.sleep(0.2)
+            during, k, first_step = [], 0, state()[1]
+            while state()[0] == "running" and (len(during) < args.ops or state()[1] < args.steps - 1):
+                during += bench_label.measure(ctx.db, 50, seed=100 + k)   # bursts of 50 decisions, all through the run
+                k += 1
+                time.sleep(0.5)
+            if not during:
+                print(json.dumps({"error": f"The job was {state()[0]} at step {state()[1]} before labeling could be "
+                                           f"measured during it: give it more --steps."}))
+                return 2
+            print(f"labeling, while the job trains (steps {first_step}..{state()[1]}): {summary(during)}", flush=True)
+            while state()[0] in ("queued", "running"):
+                time.sleep(0.5)
+            time.sleep(2.5)                                   # one last refresh
+        finally:                       # no job, and no thread, may outlive the database it reads
+            if state()[0] in ("queued", "running"):
+                sup.stop(run_id)
+                deadline = time.time() + 60
+                while state()[0] in ("queued", "running", "stopping") and time.time() < deadline:
+                    time.sleep(0.5)
+            viewer.done.set()
+            viewer.join()
+            sup.shutdown()
         final = state()[0]
         after = bench_label.measure(ctx.db, args.ops, seed=2)
         print(f"labeling, idle again: {summary(after)}", flush=True)

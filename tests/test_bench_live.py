@@ -7,11 +7,11 @@ from app import bench_live
 
 def test_every_step_reaches_the_chart_and_labeling_is_measured_during_training(tiny_model_dir, capsys):
     rc = bench_live.main(["--model", str(tiny_model_dir), "--tasks", "2000", "--annotations", "20000", "--ops", "40",
-                          "--steps", "6", "--precision", "fp32"])
+                          "--steps", "100", "--precision", "fp32"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["job"]["state"] == "finished" and report["job"]["steps"] == 6
+    assert report["job"]["state"] == "finished" and report["job"]["steps"] == 100
     lat = report["chart_latency_s"]
-    assert lat["steps"] == 6 and lat["never_shown"] == []
+    assert lat["steps"] == 100 and lat["never_shown"] == []
     assert 0 < lat["p50"] <= lat["max"]          # a step shows after it is written, never before
     lab = report["labeling"]
     assert lab["during"]["ops"] >= 40 and lab["before"]["ops"] == lab["after"]["ops"] == 40

@@ -70,6 +70,11 @@ def browser_page():
         page.set_default_timeout(20000)
         try:
             yield page
+        except Exception:
+            with contextlib.suppress(Exception):          # what the page showed when the test failed
+                print(f"failure screenshot: {shot(page, f'failed-{int(time.time())}')}")
+                print("page text at the failure:\n" + page.inner_text("body")[-3000:])
+            raise
         finally:
             browser.close()
 

@@ -60,6 +60,20 @@ def test_offers_the_base_model_and_finished_runs_only(tctx, tiny_model_dir):
     assert "dpo first try" in specs[1].label
 
 
+def test_ask_before_the_lists_fill_in_uses_the_models_they_would_show(tctx, tiny_model_dir, monkeypatch):
+    assert P.pick_models(tctx, None, None, False) == ["base"]       # Ask clicked while the page was still loading
+    with pytest.raises(UserError, match="needs two models"):
+        P.pick_models(tctx, None, None, True)
+    run = make_run(tctx, tiny_model_dir)
+    assert P.pick_models(tctx, None, None, True) == ["base", run]
+    assert P.pick_models(tctx, run, None, True) == [run, "base"]
+    assert P.pick_models(tctx, run, "base", False) == [run]          # a real pick is kept
+    monkeypatch.setenv("PREFLAB_MODEL", str(tiny_model_dir / "missing"))
+    tctx.db.execute("DELETE FROM runs")
+    with pytest.raises(UserError, match="no model to talk to"):
+        P.pick_models(tctx, None, None, False)
+
+
 def test_stream_is_the_models_own_greedy_answer_with_true_probabilities(tctx, tiny_model_dir, cache):
     run = make_run(tctx, tiny_model_dir)
     base, tuned = model_choices(tctx)

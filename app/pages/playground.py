@@ -55,6 +55,21 @@ def find_spec(ctx: AppContext, key: str | None) -> ModelSpec:
 
 
 # -- asking ---------------------------------------------------------------------------------------------------------
+def pick_models(ctx: AppContext, first: str | None, second: str | None, side_by_side: bool) -> list[str]:
+    """The model keys to ask. An empty pick (Ask clicked before the page filled its model lists) means the
+    default the lists would show: the first model, and for side by side the next one."""
+    if first and (second or not side_by_side):
+        return [first, second] if side_by_side else [first]
+    keys = [s.key for s in model_choices(ctx)]
+    if not keys:
+        raise UserError("There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
+    first = first or keys[0]
+    second = second or next((k for k in keys if k != first), None)
+    if side_by_side and not second:
+        raise UserError("Side by side needs two models: finish a training run to compare it with the base model.")
+    return [first, second] if side_by_side else [first]
+
+
 def ask(ctx: AppContext, cache: ModelCache, prompt: str, keys: list[str], temperature: float = 0.7,
         top_p: float = 0.95, max_new_tokens: int = 128, rng: random.Random | None = None,
         seed: int | None = None) -> Iterator[tuple[dict, list[Answer]]]:
@@ -265,10 +280,7 @@ def build(ctx: AppContext):
     def on_ask(text, first, second, side_by_side, t, p, n, request: gr.Request):
         who(request)
         limit = threshold(ctx)
-        keys = [first, second] if side_by_side else [first]
-        if not first:
-            raise UserError("Pick a model first." if model_choices(ctx) else
-                            "There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
+        keys = pick_models(ctx, first, second, side_by_side)
         first_update = True
         for st, shown in ask(ctx, cache, text, keys, t, p, n):
             # the confidence note and the draft come once the answer is complete; the old note and reveal are

@@ -7,12 +7,12 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from storage.db import Database
+from storage.db import Queries
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def scalars(db: Database, run_ids: list[str], names: list[str], split: str = "train") -> pd.DataFrame:
+def scalars(db: Queries, run_ids: list[str], names: list[str], split: str = "train") -> pd.DataFrame:
     if not run_ids or not names:
         return pd.DataFrame(columns=["run_id", "step", "name", "value", "site"])
     return db.df(f"""SELECT run_id, step, name, value, site FROM run_scalars
@@ -36,7 +36,7 @@ def _fig(title: str, ytitle: str = "") -> go.Figure:
     return fig
 
 
-def line_chart(db: Database, run_ids: list[str], names: list[str], title: str, labels: dict | None = None,
+def line_chart(db: Queries, run_ids: list[str], names: list[str], title: str, labels: dict | None = None,
                by_site: bool = False) -> go.Figure:
     df = scalars(db, run_ids, names)
     fig = _fig(title)
@@ -77,7 +77,7 @@ def kl_chart(db, run_ids):
     return line_chart(db, run_ids, ["kl", "m_theta"], "KL estimate (KTO z₀) and mean m_θ")
 
 
-def beta_chart(db: Database, run_id: str) -> go.Figure:
+def beta_chart(db: Queries, run_id: str) -> go.Figure:
     """ε-DPO: the global β over steps and the share of instances whose β̃ was relaxed / tightened / kept."""
     df = scalars(db, [run_id], ["kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps"])
     fig = _fig("β trajectory (ε-DPO)")
@@ -96,7 +96,7 @@ def beta_chart(db: Database, run_id: str) -> go.Figure:
     return fig
 
 
-def m_theta_bands(db: Database, run_id: str) -> go.Figure:
+def m_theta_bands(db: Queries, run_id: str) -> go.Figure:
     """m_θ per instance as quantile bands (10-90%, 25-75%, median) over steps, per side."""
     df = db.df("""SELECT step, side, quantile_cont(m_theta, [0.1, 0.25, 0.5, 0.75, 0.9]) AS q
                   FROM run_instances WHERE run_id = ? AND m_theta IS NOT NULL AND side <> 'kl'
@@ -119,7 +119,7 @@ def m_theta_bands(db: Database, run_id: str) -> go.Figure:
     return fig
 
 
-def m_theta_histogram(db: Database, run_id: str) -> go.Figure:
+def m_theta_histogram(db: Queries, run_id: str) -> go.Figure:
     step = db.scalar("SELECT max(step) FROM run_instances WHERE run_id = ?", [run_id])
     fig = _fig(f"m_θ now (step {step})" if step else "m_θ now", "count")
     fig.update_layout(xaxis_title="m_θ", barmode="overlay")
@@ -140,7 +140,7 @@ def minor_coef_chart(db, run_id):
     return fig
 
 
-def per_site_chart(db: Database, run_id: str) -> go.Figure:
+def per_site_chart(db: Queries, run_id: str) -> go.Figure:
     """Per site over steps: the loss (solid) and mean m_θ (dotted). Federated runs log each site's loss with its
     site; a Flower coordinator has only those (per-example values stay at the sites). Other runs: the mean
     per-instance loss by the data's site column."""
@@ -165,7 +165,7 @@ def per_site_chart(db: Database, run_id: str) -> go.Figure:
     return fig
 
 
-def extreme_instances(db: Database, run_id: str, n: int = 5) -> pd.DataFrame:
+def extreme_instances(db: Queries, run_id: str, n: int = 5) -> pd.DataFrame:
     """The training examples with the most extreme m_θ at the latest step, with their prompt, answer and labels."""
     step = db.scalar("SELECT max(step) FROM run_instances WHERE run_id = ?", [run_id])
     if step is None:
@@ -185,7 +185,7 @@ def extreme_instances(db: Database, run_id: str, n: int = 5) -> pd.DataFrame:
     return df.rename(columns={"m_theta": "m_θ", "task_id": "task"})
 
 
-def alerts(db: Database, run_id: str) -> list[str]:
+def alerts(db: Queries, run_id: str) -> list[str]:
     """Plain-words warnings about a run's health."""
     out = []
     df = scalars(db, [run_id], ["loss", "logps/chosen", "logps/rejected", "kl", "m_theta"])

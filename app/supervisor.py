@@ -73,16 +73,19 @@ class Supervisor:
     def tick(self) -> None:
         if time.time() - self._last_discovery >= DISCOVER_EVERY_S:
             self.discover()
-        for run_id, run_dir, origin in self.db.fetchall(
-                "SELECT id, run_dir, origin FROM runs WHERE state IN ('running', 'stopping') "
+        # reads on the supervisor's own cursor and writes only when something changed: four ticks a second must
+        # not queue up behind, or hold up, annotators saving labels on the shared connection
+        reads = self.db.reader()
+        for run_id, run_dir, origin, step, total in reads.fetchall(
+                "SELECT id, run_dir, origin, step, total_steps FROM runs WHERE state IN ('running', 'stopping') "
                 "OR (origin = 'external' AND state = 'queued') ORDER BY created_at"):
             if origin == "external":
                 self._watch_external(run_id, Path(run_dir))
             else:
-                self._watch(run_id, Path(run_dir))
-        if not self.db.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping') AND origin = 'app'"):
-            nxt = self.db.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' AND origin = 'app' "
-                                   "ORDER BY created_at LIMIT 1")
+                self._watch(run_id, Path(run_dir), (step, total))
+        if not reads.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping') AND origin = 'app'"):
+            nxt = reads.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' AND origin = 'app' "
+                                 "ORDER BY created_at LIMIT 1")
             if nxt:
                 self._launch(nxt[0], Path(nxt[1]))
 
@@ -152,7 +155,8 @@ class Supervisor:
                         " error = NULL WHERE id = ?", [proc.pid, run_id])
         log.info("started run %s (pid %s)", run_id, proc.pid)
 
-    def _watch(self, run_id: str, run_dir: Path) -> None:
+    def _watch(self, run_id: str, run_dir: Path, shown: tuple = (None, None)) -> None:
+        """Follow a job the app started; `shown` is the (step, total) its row holds now."""
         proc = self._procs.get(run_id)
         if proc is not None:
             proc.poll()   # reap a finished child so its pid reads as gone
@@ -175,8 +179,9 @@ class Supervisor:
                 reason += f"; the last line of its log: {tail}"
             rundir.write_status(run_dir, state="failed", error=reason + ".")
             self._finish(run_id, run_dir, "failed", reason + ".")
-        self.db.execute("UPDATE runs SET step = ?, total_steps = ? WHERE id = ?",
-                        [int(st.get("step") or 0), st.get("total"), run_id])
+        progress = (int(st.get("step") or 0), st.get("total"))
+        if progress != tuple(shown):
+            self.db.execute("UPDATE runs SET step = ?, total_steps = ? WHERE id = ?", [*progress, run_id])
 
     def _finish(self, run_id: str, run_dir: Path, state: str, error: str | None) -> None:
         self.db.execute("UPDATE runs SET state = ?, error = ?, finished_at = current_timestamp WHERE id = ?",
@@ -217,6 +222,9 @@ class Supervisor:
                 for r in records for k, v in r.items()
                 if k not in META_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
         new_files = [f for f in rundir.instance_files(run_dir) if f.name not in self._files[run_id]]
+        if not rows and not new_files:
+            self._offsets[run_id] = offset
+            return 0
         with self.db.transaction():
             if rows:
                 self.db.con.executemany("INSERT INTO run_scalars (run_id, step, name, value, site, split) "

@@ -1,8 +1,10 @@
 """The one DuckDB connection of the app process.
 
 DuckDB allows a single read-write process per file, so only the app opens it. Gradio runs handlers on worker
-threads; every statement goes through one connection guarded by a re-entrant lock, so a write is committed (and
-the lock released) before the caller reports it saved.
+threads; every write goes through one connection guarded by a re-entrant lock, so a write is committed (and the
+lock released) before the caller reports it saved. Pages that only show things (the Runs page's charts, refreshed
+every 2 s while people label) read through `reader()` instead: a cursor of the thread's own on the same database,
+which sees committed data and never waits for that lock, so a chart refresh does not hold up a label being saved.
 """
 from __future__ import annotations
 
@@ -14,6 +16,34 @@ from typing import Any, Iterator
 import duckdb
 
 from storage.migrations import MIGRATIONS
+
+
+class Reader:
+    """Read-only queries on one thread's own cursor (see `Database.reader`); the same calls as `Database`."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+        self.cur = cursor
+
+    def _run(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        return self.cur.execute(sql, params) if params is not None else self.cur.execute(sql)
+
+    def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
+        return self._run(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Any = None) -> tuple | None:
+        return self._run(sql, params).fetchone()
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        row = self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    def df(self, sql: str, params: Any = None):
+        return self._run(sql, params).df()
+
+    def records(self, sql: str, params: Any = None) -> list[dict]:
+        cur = self._run(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 class Database:
@@ -30,6 +60,20 @@ class Database:
             ) from None
         self.lock = threading.RLock()
         self._in_tx = 0
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._spawn = self.con.cursor()        # never queried: readers' cursors are made from it, under _spawn_lock
+        self._spawn_lock = threading.Lock()
+
+    def reader(self) -> Reader:
+        """Queries for display that must not wait behind writes or other readers: this thread's own cursor
+        (made once per thread), seeing what has been committed."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._spawn_lock:             # not self.lock: a reader never waits for a write
+                cur = self._local.cursor = self._spawn.cursor()
+                self._cursors.append(cur)
+        return Reader(cur)
 
     # -- plain access -------------------------------------------------------------------------------------
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
@@ -92,7 +136,14 @@ class Database:
 
     def close(self) -> None:
         with self.lock:
+            with self._spawn_lock:
+                for cur in [*self._cursors, self._spawn]:
+                    cur.close()
+                self._cursors.clear()
             self.con.close()
+
+
+Queries = Database | Reader     # what a function that only reads takes
 
 
 def migrate(db: Database) -> list[str]:

@@ -15,4 +15,5 @@ def test_every_step_reaches_the_chart_and_labeling_is_measured_during_training(t
     assert 0 < lat["p50"] <= lat["max"]          # a step shows after it is written, never before
     lab = report["labeling"]
     assert lab["during"]["ops"] >= 40 and lab["before"]["ops"] == lab["after"]["ops"] == 40
+    assert lab["paused"]["ops"] >= 50 and lab["during_over_paused_p50"] > 0   # the paired baseline was taken
     assert rc == (0 if report["pass"] else 1)     # the exit code tells whether the targets were met

@@ -49,3 +49,34 @@ def test_transaction_is_all_or_nothing(db):
             db.execute("INSERT INTO settings VALUES ('a', '1')")
             raise RuntimeError("boom")
     assert db.get_setting("a") is None
+
+
+def test_a_page_reading_never_waits_for_a_write_in_progress(db):
+    """The Runs page's refresh reads on its thread's own cursor: while another thread holds the connection in the
+    middle of a transaction, the read answers at once, with what was committed before it."""
+    import threading
+
+    db.set_setting("labels", "1")
+    in_tx, release, seen = threading.Event(), threading.Event(), {}
+
+    def writer():
+        with db.transaction():
+            db.set_setting("labels", "2")
+            in_tx.set()
+            release.wait(10)
+
+    def page():
+        seen["value"] = db.reader().scalar("SELECT value FROM settings WHERE key = 'labels'")
+
+    w = threading.Thread(target=writer)
+    w.start()
+    assert in_tx.wait(10)
+    r = threading.Thread(target=page)
+    r.start()
+    r.join(5)
+    answered_during_the_write = not r.is_alive()
+    release.set()
+    w.join(10)
+    r.join(10)
+    assert answered_during_the_write and seen["value"] == "1"      # not held up, and no uncommitted data
+    assert db.reader().scalar("SELECT value FROM settings WHERE key = 'labels'") == "2"   # committed: seen

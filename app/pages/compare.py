@@ -143,7 +143,7 @@ def build(ctx: AppContext) -> None:
 
     @friendly
     def on_load():
-        return gr.update(choices=[r[0] for r in ctx.db.fetchall(
+        return gr.update(choices=[r[0] for r in ctx.db.reader().fetchall(
             "SELECT id FROM runs WHERE kind = 'train' ORDER BY created_at DESC")])
 
     @friendly
@@ -151,7 +151,7 @@ def build(ctx: AppContext) -> None:
         ids = ids or []
         if not ids:
             raise UserError("Pick at least one run.")
-        db = ctx.db
+        db = ctx.db.reader()
         wr = ""
         if len(ids) >= 2:
             w = win_rate(ctx, ids[0], ids[1])

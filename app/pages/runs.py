@@ -12,7 +12,7 @@ from storage import rundir
 
 
 def runs_table(ctx: AppContext) -> pd.DataFrame:
-    return ctx.db.df("""SELECT id AS run, name, kind, algorithm, state, step || ' / ' || coalesce(total_steps, 0) AS progress,
+    return ctx.db.reader().df("""SELECT id AS run, name, kind, algorithm, state, step || ' / ' || coalesce(total_steps, 0) AS progress,
                                strftime(created_at, '%Y-%m-%d %H:%M') AS created, coalesce(error, '') AS error
                         FROM runs ORDER BY created_at DESC""")
 
@@ -20,8 +20,9 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
 def status_line(ctx: AppContext, run_id: str | None) -> str:
     if not run_id:
         return "Pick a run."
-    row = ctx.db.fetchone("SELECT state, step, total_steps, error, run_dir, algorithm, origin FROM runs WHERE id = ?",
-                          [run_id])
+    db = ctx.db.reader()       # read on the page's own cursor: a refresh never holds up a label being saved
+    row = db.fetchone("SELECT state, step, total_steps, error, run_dir, algorithm, origin FROM runs WHERE id = ?",
+                      [run_id])
     if row is None:
         return f"There is no run {run_id}."
     state, step, total, error, run_dir, algo, origin = row
@@ -36,14 +37,14 @@ def status_line(ctx: AppContext, run_id: str | None) -> str:
         parts.append(st["phase"])
     if error:
         parts.append(f"❌ {error}")
-    for a in charts.alerts(ctx.db, run_id):
+    for a in charts.alerts(db, run_id):
         parts.append(f"⚠️ {a}")
     return "  \n".join(parts)
 
 
 def figures(ctx: AppContext, run_id: str | None) -> list:
     ids = [run_id] if run_id else []
-    db = ctx.db
+    db = ctx.db.reader()
     return [charts.loss_chart(db, ids), charts.rewards_chart(db, ids), charts.logps_chart(db, ids),
             charts.accuracy_chart(db, ids), charts.kl_chart(db, ids), charts.beta_chart(db, run_id or ""),
             charts.m_theta_bands(db, run_id or ""), charts.m_theta_histogram(db, run_id or ""),
@@ -132,7 +133,7 @@ def build(ctx: AppContext) -> None:
     timer = gr.Timer(2.0)
 
     def choices():
-        return [r[0] for r in ctx.db.fetchall("SELECT id FROM runs ORDER BY created_at DESC")]
+        return [r[0] for r in ctx.db.reader().fetchall("SELECT id FROM runs ORDER BY created_at DESC")]
 
     @friendly
     def refresh(run_id):
@@ -140,7 +141,7 @@ def build(ctx: AppContext) -> None:
         if run_id not in ids:
             run_id = ids[0] if ids else None
         return (runs_table(ctx), gr.update(choices=ids, value=run_id), status_line(ctx, run_id),
-                *figures(ctx, run_id), charts.extreme_instances(ctx.db, run_id) if run_id else pd.DataFrame())
+                *figures(ctx, run_id), charts.extreme_instances(ctx.db.reader(), run_id) if run_id else pd.DataFrame())
 
     outputs = [table, run, status, *plots, extreme]
     timer.tick(refresh, run, outputs, api_name=False, show_progress="hidden")

@@ -15,38 +15,53 @@ from typing import Any, Iterator
 
 import duckdb
 
-from storage.migrations import MIGRATIONS
+from storage.migrations import LOOKUP_INDEXES, MIGRATIONS
 
 
-class Reader:
-    """Read-only queries on one thread's own cursor (see `Database.reader`); the same calls as `Database`."""
+class Queries:
+    """Statements on `con`, each (with its fetch) while holding `_guard()`: the app's shared connection and its lock,
+    or a reader's own cursor and no lock."""
+    con: duckdb.DuckDBPyConnection
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection):
-        self.cur = cursor
+    def _guard(self):
+        return contextlib.nullcontext()
 
-    def _run(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        return self.cur.execute(sql, params) if params is not None else self.cur.execute(sql)
+    def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        with self._guard():
+            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
     def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
-        return self._run(sql, params).fetchall()
+        with self._guard():
+            return self.execute(sql, params).fetchall()
 
     def fetchone(self, sql: str, params: Any = None) -> tuple | None:
-        return self._run(sql, params).fetchone()
+        with self._guard():
+            return self.execute(sql, params).fetchone()
 
     def scalar(self, sql: str, params: Any = None) -> Any:
         row = self.fetchone(sql, params)
         return None if row is None else row[0]
 
     def df(self, sql: str, params: Any = None):
-        return self._run(sql, params).df()
+        """Query result as a pandas DataFrame."""
+        with self._guard():
+            return self.execute(sql, params).df()
 
     def records(self, sql: str, params: Any = None) -> list[dict]:
-        cur = self._run(sql, params)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        with self._guard():
+            cur = self.execute(sql, params)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
-class Database:
+class Reader(Queries):
+    """Read-only queries on one thread's own cursor (see `Database.reader`), holding no lock."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+        self.con = cursor
+
+
+class Database(Queries):
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = str(path)
         if self.path != ":memory:" and not read_only:
@@ -76,32 +91,8 @@ class Database:
         return Reader(cur)
 
     # -- plain access -------------------------------------------------------------------------------------
-    def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
-        with self.lock:
-            return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
-
-    def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
-        with self.lock:
-            return self.execute(sql, params).fetchall()
-
-    def fetchone(self, sql: str, params: Any = None) -> tuple | None:
-        with self.lock:
-            return self.execute(sql, params).fetchone()
-
-    def scalar(self, sql: str, params: Any = None) -> Any:
-        row = self.fetchone(sql, params)
-        return None if row is None else row[0]
-
-    def df(self, sql: str, params: Any = None):
-        """Query result as a pandas DataFrame."""
-        with self.lock:
-            return self.execute(sql, params).df()
-
-    def records(self, sql: str, params: Any = None) -> list[dict]:
-        with self.lock:
-            cur = self.execute(sql, params)
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+    def _guard(self):
+        return self.lock
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Database"]:
@@ -143,9 +134,6 @@ class Database:
             self.con.close()
 
 
-Queries = Database | Reader     # what a function that only reads takes
-
-
 def migrate(db: Database) -> list[str]:
     """Apply pending migrations in order; each one and its record commit together or not at all."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
@@ -161,8 +149,17 @@ def migrate(db: Database) -> list[str]:
     return applied
 
 
+def set_lookup_indexes(db: Database, on: bool) -> None:
+    """Drop the lookup indexes before a big import and build them again after it: building once over a million
+    rows is cheaper than growing them row by row. Opening the database builds any that a crash left missing."""
+    with db.lock:
+        for name, target in LOOKUP_INDEXES.items():
+            db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}" if on else f"DROP INDEX IF EXISTS {name}")
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) and migrate: the only way the app gets a database."""
     db = Database(path)
     migrate(db)
+    set_lookup_indexes(db, True)
     return db

@@ -163,3 +163,9 @@ CREATE TABLE run_instances (
 migration("m002_run_origin", """
 ALTER TABLE runs ADD COLUMN origin VARCHAR DEFAULT 'app';
 """)
+
+# Point lookups by id on every labeling decision (the task, its prompt, its answers) were full scans: 10 of the
+# 22 ms of "save + next" on 100,000 tasks, and memory traffic that a training job on the next core slowed down.
+LOOKUP_INDEXES = {"tasks_by_id": "tasks (id)", "prompts_by_id": "prompts (id)",
+                  "responses_by_prompt": "responses (prompt_id)"}
+migration("m003_lookup_indexes", "".join(f"CREATE INDEX {k} ON {v};\n" for k, v in LOOKUP_INDEXES.items()))

@@ -133,3 +133,24 @@ def test_hh_file_imports_as_pairs_with_prompt_split(db):
     row = db.fetchone("""SELECT p.text, ra.text FROM tasks t JOIN prompts p ON p.id = t.prompt_id
                          JOIN responses ra ON ra.id = t.response_a WHERE p.text = ?""", [prompt])
     assert row[0].endswith("\n\nAssistant:") and row[1] == chosen
+
+
+def test_a_big_import_leaves_the_lookup_indexes_in_place_even_when_it_fails(db, tmp_path, monkeypatch):
+    """A big import drops the indexes labeling looks tasks up by and builds them once at the end; afterwards (and
+    after a rolled-back import) they are all there again."""
+    from labeling import importer
+    from storage.migrations import LOOKUP_INDEXES
+
+    def indexes():
+        return {r[0] for r in db.fetchall("SELECT index_name FROM duckdb_indexes()")}
+
+    monkeypatch.setattr(importer, "REBUILD_INDEXES_FROM", 2)        # "big" = 2 new items here
+    rows = [{"prompt": f"Q{i}", "chosen": "A", "rejected": "B"} for i in range(5)]
+    assert import_file(db, write_jsonl(tmp_path / "big.jsonl", rows))["new"] == 5
+    assert set(LOOKUP_INDEXES) <= indexes()
+    db.execute("DROP TABLE imports")                                  # the import's last insert will fail
+    more = [{"prompt": f"R{i}", "chosen": "A", "rejected": "B"} for i in range(5)]
+    with pytest.raises(Exception):
+        import_file(db, write_jsonl(tmp_path / "more.jsonl", more))
+    assert counts(db)["tasks"] == 5                                    # rolled back as a whole
+    assert set(LOOKUP_INDEXES) <= indexes()

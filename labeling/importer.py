@@ -365,10 +365,11 @@ def _insert(db: Database, scratch, shape: str, required: int | None, annotator: 
     arrow = scratch.sql("SELECT * FROM items").to_arrow_table()
     with db.lock:   # nothing else writes between counting what is new and inserting it
         con = db.con
-        con.register("incoming", arrow)
         try:
-            before = con.execute(f"SELECT count(*) FROM incoming i WHERE EXISTS (SELECT 1 FROM "
-                                 f"{'tasks' if kind else 'prompts'} t WHERE t.id = i.{key})").fetchone()[0]
+            with db.transaction():   # its BEGIN also ends any result an earlier statement left open (register needs that)
+                con.register("incoming", arrow)
+                before = con.execute(f"SELECT count(*) FROM incoming i WHERE EXISTS (SELECT 1 FROM "
+                                     f"{'tasks' if kind else 'prompts'} t WHERE t.id = i.{key})").fetchone()[0]
             rebuild = len(arrow) - before >= REBUILD_INDEXES_FROM
             if rebuild:
                 set_lookup_indexes(db, False)

@@ -1,4 +1,4 @@
-"""The one DuckDB connection of the app process.
+"""The app process's DuckDB database: one shared connection for writes, a cursor per thread for pages that read.
 
 DuckDB allows a single read-write process per file, so only the app opens it. Gradio runs handlers on worker
 threads; every write goes through one connection guarded by a re-entrant lock, so a write is committed (and the

@@ -180,7 +180,7 @@ class Supervisor:
             rundir.write_status(run_dir, state="failed", error=reason + ".")
             self._finish(run_id, run_dir, "failed", reason + ".")
         progress = (int(st.get("step") or 0), st.get("total"))
-        if progress != tuple(shown):
+        if progress != shown:
             self.db.execute("UPDATE runs SET step = ?, total_steps = ? WHERE id = ?", [*progress, run_id])
 
     def _finish(self, run_id: str, run_dir: Path, state: str, error: str | None) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from storage.db import Database, set_lookup_indexes
+from storage.db import Database, lookup_indexes_dropped
 
 REBUILD_INDEXES_FROM = 50_000   # new items in one import: drop the lookup indexes, build them once after
 MAX_CHARS = 100_000         # longer text is refused: it cannot be labeled or trained on sensibly
@@ -370,41 +370,34 @@ def _insert(db: Database, scratch, shape: str, required: int | None, annotator: 
                 con.register("incoming", arrow)
                 before = con.execute(f"SELECT count(*) FROM incoming i WHERE EXISTS (SELECT 1 FROM "
                                      f"{'tasks' if kind else 'prompts'} t WHERE t.id = i.{key})").fetchone()[0]
-            rebuild = len(arrow) - before >= REBUILD_INDEXES_FROM
-            if rebuild:
-                set_lookup_indexes(db, False)
-            try:
-                with db.transaction():
-                    con.execute("""INSERT INTO prompts (id, text, site, source, external_id, import_id)
-                        SELECT DISTINCT ON (prompt_id) prompt_id, prompt, site, ?, ext_id, ? FROM incoming i
-                        WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.id = i.prompt_id)""", [path.name, import_id])
-                    for col, id_col in (("a", "a_id"), ("b", "b_id")):
-                        con.execute(f"""INSERT INTO responses (id, prompt_id, text, origin, import_id)
-                            SELECT DISTINCT ON ({id_col}) {id_col}, prompt_id, {col}, 'import', ? FROM incoming i
-                            WHERE {id_col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.id = i.{id_col})
-        """, [import_id])
-                    tasks = annotations = 0
-                    if kind:
-                        n_done = "1" if labeled else "0"
-                        tasks = con.execute(f"""INSERT INTO tasks (id, kind, prompt_id, response_a, response_b, site, required,
-                                n_done, batch)
-                            SELECT task_id, '{kind}', prompt_id, a_id, b_id, site, {1 if labeled else req}, {n_done}, ?
-                            FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = i.task_id)""",
-                                            [import_id]).fetchone()[0]
-                        if labeled:
-                            value = {"preference": "'a'", "implicit_preference": "'a'", "sft": "'written'",
-                                     "messages": "'written'",
-                                     "unpaired": "CASE WHEN label THEN 'good' ELSE 'bad' END"}[shape]
-                            text = "a" if shape in ("sft", "messages") else "NULL"
-                            annotations = con.execute(f"""INSERT INTO annotations (task_id, annotator, value, text, source, site)
-                                SELECT task_id, coalesce(annotator, ?), {value}, {text}, 'import', site FROM incoming i
-                                WHERE i.task_id IN (SELECT id FROM tasks WHERE batch = ?)""", [who, import_id]).fetchone()[0]
-                    new = len(arrow) - before
-                    con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, current_timestamp)",
-                                [import_id, str(path), shape, None, n_rows, new, n_rows - new, 0])
-            finally:   # after a rollback too: the indexes never stay dropped
-                if rebuild:
-                    set_lookup_indexes(db, True)
+            with lookup_indexes_dropped(db, len(arrow) - before >= REBUILD_INDEXES_FROM), db.transaction():
+                con.execute("""INSERT INTO prompts (id, text, site, source, external_id, import_id)
+                    SELECT DISTINCT ON (prompt_id) prompt_id, prompt, site, ?, ext_id, ? FROM incoming i
+                    WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.id = i.prompt_id)""", [path.name, import_id])
+                for col, id_col in (("a", "a_id"), ("b", "b_id")):
+                    con.execute(f"""INSERT INTO responses (id, prompt_id, text, origin, import_id)
+                        SELECT DISTINCT ON ({id_col}) {id_col}, prompt_id, {col}, 'import', ? FROM incoming i
+                        WHERE {id_col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.id = i.{id_col})
+    """, [import_id])
+                tasks = annotations = 0
+                if kind:
+                    n_done = "1" if labeled else "0"
+                    tasks = con.execute(f"""INSERT INTO tasks (id, kind, prompt_id, response_a, response_b, site, required,
+                            n_done, batch)
+                        SELECT task_id, '{kind}', prompt_id, a_id, b_id, site, {1 if labeled else req}, {n_done}, ?
+                        FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = i.task_id)""",
+                                        [import_id]).fetchone()[0]
+                    if labeled:
+                        value = {"preference": "'a'", "implicit_preference": "'a'", "sft": "'written'",
+                                 "messages": "'written'",
+                                 "unpaired": "CASE WHEN label THEN 'good' ELSE 'bad' END"}[shape]
+                        text = "a" if shape in ("sft", "messages") else "NULL"
+                        annotations = con.execute(f"""INSERT INTO annotations (task_id, annotator, value, text, source, site)
+                            SELECT task_id, coalesce(annotator, ?), {value}, {text}, 'import', site FROM incoming i
+                            WHERE i.task_id IN (SELECT id FROM tasks WHERE batch = ?)""", [who, import_id]).fetchone()[0]
+                new = len(arrow) - before
+                con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, current_timestamp)",
+                            [import_id, str(path), shape, None, n_rows, new, n_rows - new, 0])
         finally:
             con.unregister("incoming")
     return {"new": int(new), "duplicates": int(n_rows - new), "tasks_created": int(tasks or 0),

@@ -150,11 +150,24 @@ def migrate(db: Database) -> list[str]:
 
 
 def set_lookup_indexes(db: Database, on: bool) -> None:
-    """Drop the lookup indexes before a big import and build them again after it: building once over a million
-    rows is cheaper than growing them row by row. Opening the database builds any that a crash left missing."""
+    """Build (IF NOT EXISTS) or drop the indexes labeling looks tasks, prompts and answers up by."""
     with db.lock:
         for name, target in LOOKUP_INDEXES.items():
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}" if on else f"DROP INDEX IF EXISTS {name}")
+
+
+@contextlib.contextmanager
+def lookup_indexes_dropped(db: Database, drop: bool) -> Iterator[None]:
+    """For a big import: without the lookup indexes inside the block, built once over all rows after it (cheaper
+    than growing them row by row), also when the block fails. Opening the database builds any a crash left out."""
+    if not drop:
+        yield
+        return
+    set_lookup_indexes(db, False)
+    try:
+        yield
+    finally:
+        set_lookup_indexes(db, True)
 
 
 def open_db(path: str | Path) -> Database:

@@ -13,6 +13,10 @@ every 2 s (what an open Runs tab does), and annotators saving labels.
   1.2 x idle. The paired figure (job computing vs paused, same minutes, same database) is the one judged: the
   before/after phases are minutes apart on a database that keeps growing, and on a shared 2-core machine they
   differed from each other by up to half; they are reported too.
+- Each decision during training is served as the Label page serves it: through `AppContext.labeling`, which
+  pauses the job for the request when labeling-first is on (app.priority). Bursts without it alternate with those,
+  so the figure without it comes from the same run (`--no-labeling-first` turns it off altogether). The report
+  says how much of the job's time labeling took.
 """
 from __future__ import annotations
 
@@ -62,7 +66,7 @@ class Viewer(threading.Thread):
                 self.seen.setdefault(s, now)
 
 
-def paused_burst(ctx: AppContext, pid: int, seed: int) -> list[float]:
+def paused_burst(ctx: AppContext, pid: int, seed: int, think_s: float = 0.0) -> list[float]:
     """A burst of labeling with the job paused (SIGSTOP): the idle baseline taken in the same minutes as the
     bursts during training, on the same database, so the drift of a long run and a noisy machine cancel out."""
     import signal
@@ -73,7 +77,7 @@ def paused_burst(ctx: AppContext, pid: int, seed: int) -> list[float]:
         return []
     try:
         time.sleep(0.2)                  # let the job's last work leave the CPU
-        return bench_label.measure(ctx.db, 50, seed=seed)
+        return bench_label.measure(ctx.db, 50, seed=seed, think_s=think_s)
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-threads", type=int, default=None,
                     help="override the job's CPU threads (the app's default: PREFLAB_JOB_THREADS or cores - 1)")
     ap.add_argument("--no-viewer", action="store_true", help="no open Runs tab (chart latency is then not measured)")
+    ap.add_argument("--no-labeling-first", action="store_true",
+                    help="never pause the job for labeling requests (app.priority), whatever PREFLAB_LABELING_FIRST says")
+    ap.add_argument("--think-ms", type=float, default=0,
+                    help="pause before each decision during training (not timed): a person's pace, not back to back")
     ap.add_argument("--no-pause", action="store_true",
                     help="compare with the idle phases before and after only, not with bursts while the job is paused")
     args = ap.parse_args(argv)
@@ -127,25 +135,37 @@ def main(argv: list[str] | None = None) -> int:
                         learning_rate=5e-4, max_steps=args.steps, precision=args.precision, checkpoint_every=0)
         run_id = create_run(ctx, cfg, hh_training_pairs(args.model, 4 * args.steps, cfg.max_prompt_length))
         ctx.supervisor = sup = Supervisor(ctx).start()
+        gate = sup.labeling_first
+        gate.enabled = gate.enabled and not args.no_labeling_first
         viewer = Viewer(ctx, run_id, period=1e9 if args.no_viewer else 2.0)
         viewer.start()
         state = lambda: ctx.db.fetchone("SELECT state, step FROM runs WHERE id = ?", [run_id])  # noqa: E731
         try:
             while state()[0] in ("queued", "running") and state()[1] < 2:   # past loading and the reference pass
                 time.sleep(0.2)
-            during, paused, k, first_step = [], [], 0, state()[1]
+            during, ungated, paused, k, first_step = [], [], [], 0, state()[1]
             pid = ctx.db.scalar("SELECT pid FROM runs WHERE id = ?", [run_id])
+            t_train = time.time()
             while state()[0] == "running" and (len(during) < args.ops or state()[1] < args.steps - 1):
-                during += bench_label.measure(ctx.db, 50, seed=100 + k)   # bursts of 50 decisions, all through the run
+                # bursts of 50 decisions, all through the run: as the app serves them, then (with labeling-first
+                # on) without the pause, then with the job paused all along
+                think = args.think_ms / 1000
+                during += bench_label.measure(ctx.db, 50, seed=100 + k, around=ctx.labeling, think_s=think)
+                if gate.enabled:
+                    ungated += bench_label.measure(ctx.db, 50, seed=900 + k, think_s=think)
                 if pid and not args.no_pause:
-                    paused += paused_burst(ctx, int(pid), seed=500 + k)
+                    paused += paused_burst(ctx, int(pid), seed=500 + k, think_s=think)
                 k += 1
                 time.sleep(0.5)
             if not during:
                 print(json.dumps({"error": f"The job was {state()[0]} at step {state()[1]} before labeling could be "
                                            f"measured during it: give it more --steps."}))
                 return 2
-            print(f"labeling, while the job trains (steps {first_step}..{state()[1]}): {summary(during)}", flush=True)
+            t_train = time.time() - t_train
+            print(f"labeling, while the job trains (steps {first_step}..{state()[1]}), labeling-first "
+                  f"{'on' if gate.enabled else 'off'}: {summary(during)}", flush=True)
+            if ungated:
+                print(f"labeling, while the job trains, without labeling-first: {summary(ungated)}", flush=True)
             if paused:
                 print(f"labeling, in between with the job paused: {summary(paused)}", flush=True)
             while state()[0] in ("queued", "running"):
@@ -174,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "job": {"state": final, "steps": len(written), "precision": args.precision,
                     "nice": int(os.environ.get("PREFLAB_JOB_NICE", JOB_NICE)),
                     "threads": int(os.environ.get("PREFLAB_JOB_THREADS", job_threads())),
+                    "labeling_first": gate.enabled,
+                    "paused_for_labeling_share": round(gate.paused_s / t_train, 3) if t_train else None,
                     "steps_per_s": round((len(written) - 1) / (max(written.values()) - min(written.values())), 3)
                     if len(written) > 1 else None},
             "chart_latency_s": {"steps": len(lat), "p50": round(statistics.median(lat), 2) if lat else None,
@@ -189,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             lab["during_over_paused_p50"] = round(statistics.median(during) / statistics.median(paused), 3)
             lab["during_over_paused_p95"] = round(bench_label.percentile(during, 95)
                                                   / bench_label.percentile(paused, 95), 3)
+        if paused and ungated:   # the same, for the bursts served without labeling-first
+            lab["without_labeling_first"] = summary(ungated)
+            lab["without_over_paused_p50"] = round(statistics.median(ungated) / statistics.median(paused), 3)
+            lab["without_over_paused_p95"] = round(bench_label.percentile(ungated, 95)
+                                                   / bench_label.percentile(paused, 95), 3)
         key = "during_over_paused" if paused else "during_over_idle"
         ok = (final == "finished" and lat and max(lat) <= 3.0 and not missing
               and lab[f"{key}_p50"] <= 1.2 and lab[f"{key}_p95"] <= 1.2)
@@ -199,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if paused:
             print(f"labeling during / job paused in between: p50 {lab['during_over_paused_p50']}x, "
                   f"p95 {lab['during_over_paused_p95']}x (target <= 1.2x)")
+        if "without_labeling_first" in lab:
+            print(f"  without labeling-first, same run: p50 {lab['without_over_paused_p50']}x, "
+                  f"p95 {lab['without_over_paused_p95']}x; the job was paused for labeling "
+                  f"{100 * report['job']['paused_for_labeling_share']:.1f}% of the time")
         print(json.dumps(report))
         ctx.db.close()
     return 0 if ok else 1

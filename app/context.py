@@ -6,6 +6,7 @@ manages users or starts training.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -75,6 +76,11 @@ class AppContext:
 
     def default_model(self) -> Path:
         return Path(os.environ.get("PREFLAB_MODEL") or self.models_dir / DEFAULT_MODEL_NAME)
+
+    def labeling(self):
+        """Around a labeling request: the job the app is training pauses while it is served (app.priority)."""
+        sup = self.supervisor
+        return sup.labeling_first.hold() if sup is not None else contextlib.nullcontext()
 
     # -- who is asking ------------------------------------------------------------------------------------
     def user(self, request: Any) -> User:

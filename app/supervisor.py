@@ -7,6 +7,7 @@ beginning (ingest is idempotent: a run's rows are replaced, never duplicated).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from app.context import AppContext, UserError
+from app.priority import LabelingFirst, continue_job
 from storage import rundir
 
 log = logging.getLogger("preflab.supervisor")
@@ -44,9 +46,14 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_discovery = 0.0
+        # pauses the jobs this app started while a labeling request is served (see app.priority)
+        self.labeling_first = LabelingFirst(lambda: list(self._procs.values()))
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "Supervisor":
+        for (pid,) in self.db.fetchall("SELECT pid FROM runs WHERE state IN ('running', 'stopping') AND origin = 'app'"):
+            continue_job(pid)   # the app may have stopped while it had a job paused for a labeling request
+        atexit.register(self.labeling_first.release)   # and on a normal exit (Ctrl-C) it leaves none paused
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
         return self
@@ -56,6 +63,8 @@ class Supervisor:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self.labeling_first.release()
+        atexit.unregister(self.labeling_first.release)
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,6 +80,7 @@ class Supervisor:
 
     # -- one pass -------------------------------------------------------------------------------------------------
     def tick(self) -> None:
+        self.labeling_first.enforce()
         if time.time() - self._last_discovery >= DISCOVER_EVERY_S:
             self.discover()
         # reads on the supervisor's own cursor and writes only when something changed: four ticks a second must

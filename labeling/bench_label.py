@@ -11,6 +11,7 @@ p50/p95/max in milliseconds; the target is p95 <= 50 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import tempfile
@@ -63,9 +64,12 @@ def label_for(task: dict, rng: random.Random) -> tuple[str, str | None]:
     return "written", "An ideal answer written during the benchmark."
 
 
-def measure(db: Database, n_ops: int, n_annotators: int = 8, seed: int = 0, page: bool = False) -> list[float]:
+def measure(db: Database, n_ops: int, n_annotators: int = 8, seed: int = 0, page: bool = False,
+            around=contextlib.nullcontext, think_s: float = 0.0) -> list[float]:
     """Milliseconds per "save the shown task's label + fetch the next task", annotators taking turns. With
-    page=True also the progress bar and the last-10 history the Label page refreshes after each decision."""
+    page=True also the progress bar and the last-10 history the Label page refreshes after each decision.
+    `around()` is entered for each decision, as the app does per request (e.g. AppContext.labeling).
+    think_s: a pause before each decision (not timed), for decisions at a person's pace instead of back to back."""
     rng = random.Random(seed)
     names = [f"ann{i:03d}" for i in range(n_annotators)]   # existing annotators with ~5,000 labels each
     shown = {n: Q.next_task(db, n, rng=rng) for n in names}
@@ -76,12 +80,16 @@ def measure(db: Database, n_ops: int, n_annotators: int = 8, seed: int = 0, page
         if task is None:
             break
         value, text = label_for(task, rng)
+        if think_s:
+            time.sleep(think_s)
         t0 = time.perf_counter()
-        Q.save_annotation(db, task["task_id"], who, value, text=text, shown_order=task["shown_order"], time_ms=900)
-        shown[who] = Q.next_task(db, who, rng=rng)
-        if page:
-            Q.progress(db, who, task["kind"])
-            Q.history(db, who)
+        with around():
+            Q.save_annotation(db, task["task_id"], who, value, text=text, shown_order=task["shown_order"],
+                              time_ms=900)
+            shown[who] = Q.next_task(db, who, rng=rng)
+            if page:
+                Q.progress(db, who, task["kind"])
+                Q.history(db, who)
         times.append(1000 * (time.perf_counter() - t0))
     return times
 

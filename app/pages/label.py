@@ -6,6 +6,7 @@ ctrl+enter submit, space skip, backspace undo, h guidelines; none act while a te
 """
 from __future__ import annotations
 
+import functools
 import html
 import time
 
@@ -21,6 +22,15 @@ VALUE_NAMES = {"good": "good", "bad": "bad", "a": "answer A", "b": "answer B", "
 # What the edit menu offers, in the annotator's own terms (pairs: the side they saw, not the stored a/b).
 EDIT_CHOICES = ["good", "bad", "left better", "right better", "tie", "both bad"]
 HEADS = {"single": "**Answer**", "pair": "**Left answer** (1)", "write": "**Draft answer**"}
+
+
+def labeling_request(fn):
+    """Served with the app's training job paused for the few milliseconds it takes (labeling first, app.priority)."""
+    @functools.wraps(fn)
+    def wrapper(ctx: AppContext, *args, **kwargs):
+        with ctx.labeling():
+            return fn(ctx, *args, **kwargs)
+    return wrapper
 
 
 def decision_name(value: str, shown_order: str | None) -> str:
@@ -58,11 +68,13 @@ def _short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+@labeling_request
 def next_view(ctx: AppContext, user: User, mode: str, site: str | None, note: str = "") -> dict:
     task = Q.next_task(ctx.db, user.name, kind=MODES.get(mode, "single"), site=site or None)
     return view(ctx, user, task, mode, note)
 
 
+@labeling_request
 def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, site: str | None,
            text: str | None = None) -> dict:
     """Save the decision for the shown task (committed), then show the next one."""
@@ -95,6 +107,7 @@ def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, 
     return next_view(ctx, user, mode, site, f"Saved: {decision_name(value, task.get('shown_order'))}.")
 
 
+@labeling_request
 def undo(ctx: AppContext, user: User, mode: str) -> dict:
     task = Q.undo_last(ctx.db, user.name)
     if task is None:
@@ -105,6 +118,7 @@ def undo(ctx: AppContext, user: User, mode: str) -> dict:
     return view(ctx, user, task, mode, "Undone: that decision is withdrawn; here it is again.")
 
 
+@labeling_request
 def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
     if annotation_id in (None, ""):
         raise UserError("Pick a decision from the history first.")

@@ -145,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             during, ungated, paused, k, first_step = [], [], [], 0, state()[1]
             pid = ctx.db.scalar("SELECT pid FROM runs WHERE id = ?", [run_id])
-            t_train = time.time()
+            t_train, think = time.time(), args.think_ms / 1000
             while state()[0] == "running" and (len(during) < args.ops or state()[1] < args.steps - 1):
                 # bursts of 50 decisions, all through the run: as the app serves them, then (with labeling-first
                 # on) without the pause, then with the job paused all along
-                think = args.think_ms / 1000
                 during += bench_label.measure(ctx.db, 50, seed=100 + k, around=ctx.labeling, think_s=think)
                 if gate.enabled:
                     ungated += bench_label.measure(ctx.db, 50, seed=900 + k, think_s=think)

@@ -1,11 +1,17 @@
 """From labels to a compared model in the browser: Train page -> run finishes on the Runs page with β and m_θ
 charts drawn -> a second run -> Compare. Uses the tiny model (PREFLAB_MODEL) so it runs in seconds."""
+import contextlib
 import json
+import os
+import signal
+import time
 
 import pytest
 
 from app.context import AppContext
+from labeling import queue as Q
 from labeling.importer import import_file
+from storage import rundir
 from tests.browser import browser_page, need_chromium, running_app, shot
 from tests.jobdata import BAD, GOOD, PROMPTS
 
@@ -82,3 +88,44 @@ def test_label_train_watch_compare(home, tiny_model_dir):
         assert "algorithm" in page.inner_text("body")
         # both runs' loss curves are overlaid
         assert page.locator("#compare-loss .scatterlayer .trace").count() == 2
+
+
+def test_labeling_while_a_job_trains(home, tiny_model_dir):
+    """Labels are saved while a job trains (served with the job paused, app.priority), and the job keeps going
+    after them: never left paused."""
+    ctx = AppContext(home=home)
+    for i in range(10):
+        Q.create_task(ctx.db, "single", f"{PROMPTS[i % 8]} (to label {i})", [GOOD[i % 8]])
+    ctx.db.close()
+    env = {"PREFLAB_MODEL": str(tiny_model_dir), "PREFLAB_LABELING_FIRST": "1"}
+    status = lambda: rundir.read_status(home / "runs" / run) or {}  # noqa: E731
+    run = None
+    try:
+        with running_app(home, env=env) as (url, _), browser_page() as page:
+            page.goto(url)
+            page.wait_for_selector("#label-start")
+            run = train_from_page(page, "DPO", 3000)
+            page.get_by_role("tab", name="Label").click()
+            page.get_by_label("Good / bad").check()
+            deadline = time.time() + 120
+            while not (status().get("state") == "running" and (status().get("step") or 0) >= 1):
+                assert time.time() < deadline, f"the job never started training: {status()}"
+                time.sleep(0.3)
+            for n in range(6):
+                page.wait_for_function(f"() => document.body.innerText.includes('mine {n} ·')")
+                page.wait_for_timeout(150)
+                page.keyboard.press("a")
+            page.wait_for_function("() => document.body.innerText.includes('mine 6 ·')")
+            shot(page, "label-while-training")
+            st = status()
+            assert st["state"] == "running", st            # the six labels were all saved while it trained
+            time.sleep(3)
+            assert status()["step"] > st["step"]            # and it went on training after them
+    finally:
+        pid = status().get("pid") if run else None
+        if pid:                                            # jobs outlive the app by design: end this one
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+    ctx = AppContext(home=home)
+    assert ctx.db.scalar("SELECT count(*) FROM annotations WHERE value = 'good' AND source = 'app'") == 6
+    ctx.db.close()

@@ -34,8 +34,7 @@ def enabled_by_default() -> bool:
         return False
     if choice in ("1", "on", "true", "yes"):
         return True
-    no_gpu = os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")
-    return no_gpu
+    return os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")   # no GPU for jobs
 
 
 class LabelingFirst:

@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             summary = import_file(ctx.db, args.file, site=args.site, required=args.required,
                                   skip_bad_rows=args.skip_bad_rows, mapping=parse_mapping(args.map))
         elif args.cmd == "export":
-            from labeling.exporter import export
+            from labeling.label_export import export
 
             summary = export(ctx.db, args.kind, args.out, ties=args.ties)
         elif args.cmd == "setup":
-            from app.setup import setup
+            from app.first_start import setup
 
             summary = setup(ctx)
         elif args.cmd == "user":

@@ -175,8 +175,9 @@ def extreme_instances(db: Queries, run_id: str, n: int = 5) -> pd.DataFrame:
         picked AS ((SELECT * FROM x ORDER BY m_theta DESC LIMIT ?) UNION ALL (SELECT * FROM x ORDER BY m_theta LIMIT ?))
         SELECT DISTINCT picked.m_theta, picked.side, picked.task_id, p.text AS prompt,
                CASE WHEN picked.side IN ('rejected', 'undesirable') AND t.kind = 'pair' THEN rb.text ELSE ra.text END AS answer,
-               (SELECT string_agg(annotator || ': ' || value, ', ') FROM (SELECT annotator, arg_max(value, id) AS value
-                  FROM annotations WHERE task_id = picked.task_id GROUP BY annotator)) AS labels
+               (SELECT string_agg(annotator || CASE WHEN source = 'resolution' THEN ' (resolution)' ELSE '' END
+                                  || ': ' || value, ', ' ORDER BY id) FROM current_annotations
+                WHERE task_id = picked.task_id) AS labels
         FROM picked LEFT JOIN tasks t ON t.id = picked.task_id LEFT JOIN prompts p ON p.id = t.prompt_id
         LEFT JOIN responses ra ON ra.id = t.response_a LEFT JOIN responses rb ON rb.id = t.response_b
         ORDER BY picked.m_theta DESC""", [run_id, step, n, n])

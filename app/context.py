@@ -1,22 +1,20 @@
-"""Where the app's state lives (PREFLAB_HOME), who is asking (roles), and how errors reach a person.
+"""Where the app's state lives (PREFLAB_HOME), who is asking, and what only an admin may do.
 
-Every Gradio handler is also an HTTP API endpoint, so role checks happen here, in the handler, not by hiding
-buttons: call `ctx.require_admin(request)` first thing in any handler that imports, exports, edits guidelines,
-manages users or starts training.
+Every Gradio handler is also an HTTP API endpoint, so roles are checked by the action, not by hiding buttons: an
+action that imports, exports, edits guidelines, manages users, resolves disputes or starts jobs is declared
+`@admin_only("...")` and refuses an annotator however it is reached (page, API, test). How a handler gets its
+user and shows errors: app.handlers.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from storage.db import Database, open_db
-
-log = logging.getLogger("preflab")
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -95,28 +93,21 @@ class AppContext:
             raise PermissionDenied(f"There is no account named {name!r}.")
         return User(*row)
 
-    def require_admin(self, request: Any) -> User:
-        user = self.user(request)
-        if not user.is_admin:
-            raise PermissionDenied(f"{user.name} is an annotator; only an admin can do this.")
-        return user
+
+def require_admin(user: User, action: str) -> User:
+    """The one refusal of an annotator: "ann is an annotator; only an admin can <action>."."""
+    if not user.is_admin:
+        raise PermissionDenied(f"{user.name} is an annotator; only an admin can {action}.")
+    return user
 
 
-def friendly(fn: Callable) -> Callable:
-    """Wrap a Gradio handler: a UserError becomes a one-sentence gr.Error; anything unexpected is logged with
-    its trace on the server and shown as a plain sentence, never a stack trace."""
-    import gradio as gr
+def admin_only(action: str) -> Callable:
+    """Declare an action `fn(ctx, user, ...)` admins only; `action` finishes the refusal's sentence."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def checked(ctx: "AppContext", user: User, *args, **kwargs):
+            require_admin(user, action)
+            return fn(ctx, user, *args, **kwargs)
+        return checked
+    return wrap
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as e:
-            raise gr.Error(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - last line of defence before the browser
-            log.exception("handler %s failed", getattr(fn, "__name__", fn))
-            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log.") from None
-
-    return wrapper

@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.config import DATA_KIND, ConfigError, JobConfig
-
-ALGO_NAMES = {"sft": "SFT", "minor_sft": "MinorSFT", "dpo": "DPO", "eps_dpo": "ε-DPO", "mrpo": "MRPO", "kto": "KTO"}
-NEEDS = {"pairs": "decided pairs (pick the better of two on the Label page)",
-         "unpaired": "good/bad labels (or decided pairs, which count as one good and one bad answer)",
-         "sft": "written ideal answers or answers labeled good"}
+from training import algorithms
+from training.config import ConfigError, JobConfig
 
 
 def check(cfg: JobConfig, data: pd.DataFrame, home: Path, tokenizer=None) -> dict:
@@ -22,25 +18,23 @@ def check(cfg: JobConfig, data: pd.DataFrame, home: Path, tokenizer=None) -> dic
         cfg.validate()
     except ConfigError as e:
         problems.append(str(e))
-    name = ALGO_NAMES.get(cfg.algorithm, cfg.algorithm)
-    kind = DATA_KIND.get(cfg.algorithm)
+    algo = algorithms.ALGORITHMS.get(cfg.algorithm)   # an unknown name is already a problem from validate()
+    kind = algo.data_kind if algo else None
     facts["rows"] = len(data)
-    if data.empty:
-        problems.append(f"{name} trains on {NEEDS.get(kind, kind)}, and the selection has none.")
+    if data.empty and algo:
+        problems.append(f"{algo.title} trains on {algo.needs}, and the selection has none.")
     if not Path(cfg.model).joinpath("config.json").exists():
         problems.append(f"No model at {cfg.model}: give a folder that holds a Hugging Face model (config.json).")
     if kind == "unpaired" and not data.empty and "label" in data:
         n_good, n_bad = int(data["label"].sum()), int((~data["label"].astype(bool)).sum())
         facts.update(good=n_good, bad=n_bad)
-        if n_good == 0 or n_bad == 0:
-            problems.append(f"KTO needs both good and bad examples; the selection has only "
-                            f"{'good' if n_good else 'bad'} ones ({max(n_good, n_bad)}).")
+        problem = algorithms.kto_classes_problem(n_good, n_bad)
+        if problem:
+            problems.append(problem)
         else:
             from training.losses import kto_desirable_weight
 
             facts["suggested_desirable_weight"] = kto_desirable_weight(n_good, n_bad, cfg.undesirable_weight)
-    if cfg.algorithm == "kto" and cfg.batch_size < 2:
-        problems.append("KTO needs a batch size of at least 2 (each prompt is paired with another example's answer).")
     if not data.empty and len(data) < cfg.batch_size:
         warnings.append(f"Only {len(data)} example(s), fewer than one batch of {cfg.batch_size}.")
     text_cols = [c for c in ("prompt", "chosen", "rejected", "completion") if c in data]
@@ -81,10 +75,11 @@ def estimate_memory_gb(cfg: JobConfig) -> float:
     weights = params * 4
     trainable = params * (0.01 if cfg.lora else 1.0)
     optimizer = trainable * 4 * 3            # grads + Adam's two moments
-    seqs = cfg.batch_size * (2 if DATA_KIND.get(cfg.algorithm) == "pairs" else 1)
+    algo = algorithms.ALGORITHMS.get(cfg.algorithm)
+    seqs = cfg.batch_size * (2 if algo and algo.data_kind == "pairs" else 1)
     hidden, layers = _shape(cfg.model)
     activations = seqs * cfg.max_length * hidden * layers * 4 * 20
-    extra = weights if cfg.lora is None and cfg.algorithm == "eps_dpo" else 0   # frozen reference copy
+    extra = weights if cfg.lora is None and algo and algo.needs_ref_logits else 0   # frozen reference copy
     return (weights + optimizer + activations + extra) / 1e9
 
 

@@ -1,7 +1,7 @@
 """Labeling first: while the app serves a labeling request, the training job it started is paused.
 
 Why: on a CPU-only machine a training job streams the model's weights and activations through memory without
-pause. Measured on a 2-core machine with the job on its own core at niceness 10 (`python -m app.bench_live`), that
+pause. Measured on a 2-core machine with the job on its own core at niceness 10 (`python -m bench.live`), that
 still slowed labeling decisions by 1.1-1.2x at the median and 1.2-1.3x at p95: memory bandwidth and the shared
 cache have no priorities (a process that only spins the CPU did not slow labeling at all). A decision takes about
 20 ms, so pausing the job (SIGSTOP to its process group) for exactly that long gives labeling an idle machine and

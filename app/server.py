@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +12,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def port_free(host: str, port: int) -> None:
+    """Say so in a sentence before anything starts, instead of Gradio's error after the supervisor is up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a restart's TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise OSError(f"Port {port} on {host} is in use (another app?): stop it, or start Preflab on another "
+                          f"port: ./run.sh serve --port {port + 1}") from None
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None:
+    port_free(host, port)
     from app.context import AppContext
     from app.ui import CSS, build_app
 

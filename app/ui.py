@@ -15,7 +15,7 @@ PAGES = [
     ("Train", "app.pages.train"),
     ("Runs", "app.pages.runs"),
     ("Compare", "app.pages.compare"),
-    ("Try", "app.pages.playground"),
+    ("Try", "app.pages.try_model"),
 ]
 
 CSS = """

@@ -1,7 +1,7 @@
 """Agreement between annotators, and the disputes an admin settles.
 
-Votes are each annotator's current decision on a single or pair task (newest row; skips, undone decisions and
-written answers are not votes; admin resolutions are not votes either). From them:
+Votes are each annotator's current decision on a single or pair task (view current_annotations; skips, undone
+decisions and written answers are not votes; admin resolutions are not votes either). From them:
 - alpha: Krippendorff's alpha (nominal), computed by the `krippendorff` package from per-task value counts, over
   tasks with two or more votes; None when no task has two votes. When every vote on every such task has the same
   value alpha is undefined (no variation at all); we report 1.0, perfect agreement.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from labeling.dataset import VOTES
 from storage.db import Database
 
 VOTE_KINDS = ("single", "pair")
@@ -26,11 +27,9 @@ def _votes_sql(kind: str | None) -> tuple[str, list]:
     """SQL (a CTE named v) for the current vote of each annotator on each single/pair task."""
     kinds = [kind] if kind else list(VOTE_KINDS)
     return f"""
-        WITH cur AS (SELECT task_id, annotator, arg_max(value, id) AS value FROM annotations
-                     WHERE source <> 'resolution' GROUP BY task_id, annotator),
-        v AS (SELECT cur.task_id, cur.annotator, cur.value, t.kind FROM cur JOIN tasks t ON t.id = cur.task_id
-              WHERE cur.value NOT IN ('skip', 'retracted', 'written')
-                AND t.kind IN ({', '.join('?' * len(kinds))}))""", kinds
+        WITH v AS (SELECT cur.task_id, cur.annotator, cur.value, t.kind
+                   FROM {VOTES} cur JOIN tasks t ON t.id = cur.task_id
+                   WHERE cur.value <> 'written' AND t.kind IN ({', '.join('?' * len(kinds))}))""", kinds
 
 
 def votes(db: Database, kind: str | None = None, task_ids: list[str] | None = None) -> pd.DataFrame:
@@ -125,7 +124,7 @@ def disputed_tasks(db: Database, kind: str | None = None, limit: int = 200) -> l
     """Tasks whose votes differ and that no admin has resolved, most disputed first, with what the conflict view
     shows: prompt, responses (canonical order: A then B), and who voted what."""
     d = task_disagreement(db, kind)
-    resolved = {r[0] for r in db.fetchall("SELECT DISTINCT task_id FROM annotations WHERE source = 'resolution'")}
+    resolved = {r[0] for r in db.fetchall("SELECT task_id FROM current_annotations WHERE source = 'resolution'")}
     d = d[(d.disagreement > 0) & ~d.task_id.isin(resolved)]
     d = d.sort_values(["disagreement", "n_labels"], ascending=False).head(limit)
     if d.empty:
@@ -160,7 +159,7 @@ def resolve(db: Database, task_id: str, admin: str, value: str, text: str | None
             raise LabelError(f"{value!r} is not a label for a {kind} task (use {', '.join(VALUES[kind])}).")
         if kind == "write" and not (text or "").strip():
             raise LabelError("A resolution of a writing task needs the final answer text.")
-        previous = db.scalar("""SELECT max(id) FROM annotations WHERE task_id = ? AND source = 'resolution'""",
+        previous = db.scalar("SELECT id FROM current_annotations WHERE task_id = ? AND source = 'resolution'",
                              [task_id])
         return int(db.scalar("""INSERT INTO annotations (task_id, annotator, value, text, source, supersedes)
                                 VALUES (?, ?, ?, ?, 'resolution', ?) RETURNING id""",

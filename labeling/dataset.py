@@ -1,6 +1,7 @@
 """From annotations to training rows: the one place that decides what a task's label is.
 
-The current label of (task, annotator) is their newest annotation; 'skip' and 'retracted' count as none.
+The current label of (task, annotator) is their newest annotation (view current_annotations, storage/migrations.py);
+'skip' and 'retracted' count as none.
 Several annotators on one task are resolved by majority:
 - pair tasks: the most-voted of a / b / tie / both_bad wins. a or b gives a preference (winner = chosen);
   a tie in votes, or a winning 'tie', is a tie: dropped (ties="drop", the default) or kept with tie=true
@@ -19,35 +20,43 @@ import pandas as pd
 
 from storage.db import Database
 
-NO_LABEL = ("skip", "retracted")
+# Each person's current label on each task, admin resolutions left out: the votes agreement and the Data page count.
+VOTES = "(SELECT * FROM current_annotations WHERE source <> 'resolution' AND value NOT IN ('skip', 'retracted'))"
 
 
-def current_labels(db: Database, sites=None, annotators=None, since=None, until=None) -> pd.DataFrame:
-    where, params = ["a.value NOT IN ('skip', 'retracted')"], []
+def deciding_sql(where: str = "TRUE") -> str:
+    """A subquery of the labels that decide tasks: the current labels (view current_annotations, skips and undone
+    decisions left out) that match `where` (a condition on the view's columns), except that where a task has a
+    resolution among them, the resolution alone decides it. Training data and A/B win rates both read this."""
+    return f"""(WITH cur AS (SELECT * FROM current_annotations WHERE value NOT IN ('skip', 'retracted') AND ({where}))
+               SELECT * FROM cur WHERE source = 'resolution'
+                  OR task_id NOT IN (SELECT task_id FROM cur WHERE source = 'resolution'))"""
+
+
+def deciding_labels(db: Database, sites=None, annotators=None, since=None, until=None) -> pd.DataFrame:
+    """The labels that decide each task (see `deciding_sql`) from these sites, annotators and dates, with the
+    task's text."""
+    where, params = ["TRUE"], []
     if annotators:
-        where.append(f"a.annotator IN ({', '.join('?' * len(annotators))})")
+        where.append(f"annotator IN ({', '.join('?' * len(annotators))})")
         params += list(annotators)
     if since:
-        where.append("a.created_at >= ?")
+        where.append("created_at >= ?")
         params.append(since)
     if until:
-        where.append("a.created_at <= ?")
+        where.append("created_at <= ?")
         params.append(until)
     site_filter = ""
     if sites:
         site_filter = f"WHERE t.site IN ({', '.join('?' * len(sites))})"
         params += list(sites)
     return db.df(f"""
-        WITH cur AS (
-            SELECT * FROM annotations
-            QUALIFY row_number() OVER (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
         SELECT t.id AS task_id, t.kind, t.site, p.text AS prompt, ra.text AS response_a, rb.text AS response_b,
                a.annotator, a.value, a.text, a.created_at, a.source
-        FROM cur a JOIN tasks t ON t.id = a.task_id
+        FROM {deciding_sql(' AND '.join(where))} a JOIN tasks t ON t.id = a.task_id
         JOIN prompts p ON p.id = t.prompt_id
         LEFT JOIN responses ra ON ra.id = t.response_a
-        LEFT JOIN responses rb ON rb.id = t.response_b
-        WHERE {' AND '.join(where)} {('AND ' + site_filter[6:]) if site_filter else ''}""", params)
+        LEFT JOIN responses rb ON rb.id = t.response_b {site_filter}""", params)
 
 
 def _majority(labels: pd.DataFrame) -> pd.DataFrame:
@@ -69,10 +78,7 @@ def _majority(labels: pd.DataFrame) -> pd.DataFrame:
 
 def training_rows(db: Database, data_kind: str, sites=None, annotators=None, since=None, until=None,
                   min_agreement: float | None = None, ties: str = "drop") -> pd.DataFrame:
-    labels = current_labels(db, sites, annotators, since, until)
-    # an admin's resolution of a disputed task replaces its votes
-    resolved = labels[labels.source == "resolution"].sort_values("created_at").groupby("task_id").tail(1)
-    labels = pd.concat([labels[~labels.task_id.isin(resolved.task_id)], resolved], ignore_index=True)
+    labels = deciding_labels(db, sites, annotators, since, until)
     tasks = labels.drop_duplicates("task_id").set_index("task_id")[["kind", "site", "prompt", "response_a", "response_b"]]
     maj = _majority(labels[labels.kind != "write"]).set_index("task_id").join(tasks, how="left")
     if min_agreement is not None:
@@ -125,19 +131,25 @@ def data_summary(db: Database) -> dict:
     return {
         "tasks": q("SELECT kind, count(*) AS tasks, sum(CASE WHEN n_done >= required THEN 1 ELSE 0 END) AS complete "
                    "FROM tasks GROUP BY kind ORDER BY kind"),
-        "per_site": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
-                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
-                         SELECT coalesce(t.site, '(none)') AS site, t.kind, count(*) AS labels,
-                                sum(CASE WHEN value = 'good' THEN 1 ELSE 0 END) AS good,
-                                sum(CASE WHEN value = 'bad' THEN 1 ELSE 0 END) AS bad
-                         FROM cur JOIN tasks t ON t.id = cur.task_id
-                         WHERE value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY ALL"""),
-        "per_annotator": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
-                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
-                         SELECT annotator, count(*) AS labels, min(created_at) AS first, max(created_at) AS last
-                         FROM cur WHERE value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY labels DESC"""),
-        "pair_outcomes": q("""WITH cur AS (SELECT * FROM annotations QUALIFY row_number() OVER
-                            (PARTITION BY task_id, annotator ORDER BY id DESC) = 1)
-                         SELECT value, count(*) AS n FROM cur JOIN tasks t ON t.id = cur.task_id
-                         WHERE t.kind = 'pair' AND value NOT IN ('skip', 'retracted') AND source <> 'resolution' GROUP BY ALL ORDER BY ALL"""),
+        "per_site": q(f"""SELECT coalesce(t.site, '(none)') AS site, t.kind, count(*) AS labels,
+                                  sum(CASE WHEN value = 'good' THEN 1 ELSE 0 END) AS good,
+                                  sum(CASE WHEN value = 'bad' THEN 1 ELSE 0 END) AS bad
+                           FROM {VOTES} v JOIN tasks t ON t.id = v.task_id GROUP BY ALL ORDER BY ALL"""),
+        "per_annotator": q(f"""SELECT annotator, count(*) AS labels, min(created_at) AS first, max(created_at) AS last
+                               FROM {VOTES} v GROUP BY ALL ORDER BY labels DESC"""),
+        "pair_outcomes": q(f"""SELECT value, count(*) AS n FROM {VOTES} v JOIN tasks t ON t.id = v.task_id
+                               WHERE t.kind = 'pair' GROUP BY ALL ORDER BY ALL"""),
     }
+
+
+def annotator_names(db: Database) -> list[str]:
+    """Everyone who has annotated, in order: the Train page's data filter."""
+    return [r[0] for r in db.fetchall("SELECT DISTINCT annotator FROM annotations ORDER BY 1")]
+
+
+def prompts_to_answer(db: Database, limit: int, only_unanswered: bool = False) -> pd.DataFrame:
+    """prompt_id, prompt, site of the first `limit` prompts (oldest first) for a generation job; with
+    only_unanswered, only prompts that no task with an answer uses yet."""
+    where = "WHERE p.id NOT IN (SELECT prompt_id FROM tasks WHERE response_a IS NOT NULL)" if only_unanswered else ""
+    return db.df(f"SELECT p.id AS prompt_id, p.text AS prompt, p.site FROM prompts p {where} "
+                 f"ORDER BY p.created_at LIMIT ?", [int(limit)])

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from labeling import ids
 from storage.db import Database, lookup_indexes_dropped
 
 REBUILD_INDEXES_FROM = 50_000   # new items in one import: drop the lookup indexes, build them once after
@@ -348,15 +349,13 @@ def _insert(db: Database, scratch, shape: str, required: int | None, annotator: 
     import_id = uuid.uuid4().hex[:12]
     who = annotator or "import"
     scratch.execute(f"""CREATE OR REPLACE TEMP TABLE staged AS
-        SELECT *, md5(coalesce(site, '') || chr(31) || prompt) AS prompt_id FROM norm WHERE NOT _bad""")
-    scratch.execute("""CREATE OR REPLACE TEMP TABLE staged2 AS SELECT *,
-        CASE WHEN a IS NOT NULL THEN md5(prompt_id || chr(31) || a) END AS a_id,
-        CASE WHEN b IS NOT NULL THEN md5(prompt_id || chr(31) || b) END AS b_id FROM staged""")
-    kind_sql = f"'{kind}'" if kind else "NULL"
-    scratch.execute(f"""CREATE OR REPLACE TEMP TABLE staged3 AS SELECT *,
-        CASE WHEN {kind_sql} IS NOT NULL THEN md5({kind_sql} || chr(31) || prompt_id || chr(31) || coalesce(a_id, '')
-             || chr(31) || coalesce(b_id, '') || chr(31) || coalesce(CAST(label AS VARCHAR), '')) END AS task_id
-        FROM staged2""")
+        SELECT *, {ids.prompt_id_sql('prompt', 'site')} AS prompt_id FROM norm WHERE NOT _bad""")
+    scratch.execute(f"""CREATE OR REPLACE TEMP TABLE staged2 AS SELECT *,
+        CASE WHEN a IS NOT NULL THEN {ids.response_id_sql('prompt_id', 'a')} END AS a_id,
+        CASE WHEN b IS NOT NULL THEN {ids.response_id_sql('prompt_id', 'b')} END AS b_id FROM staged""")
+    task_id_sql = (ids.task_id_sql(f"'{kind}'", "prompt_id", "a_id", "b_id", "CAST(label AS VARCHAR)") if kind
+                   else "NULL")
+    scratch.execute(f"""CREATE OR REPLACE TEMP TABLE staged3 AS SELECT *, {task_id_sql} AS task_id FROM staged2""")
     key = "task_id" if kind else "prompt_id"
     # duplicates inside the file: keep the first occurrence of each item
     scratch.execute(f"""CREATE OR REPLACE TEMP TABLE items AS

@@ -53,7 +53,8 @@ def _now() -> datetime:
 # -- what each annotator has decided, in memory ----------------------------------------------------------------------
 class _Decisions:
     """Current decision (annotation id, value, source) per task for each annotator who used the queue, plus the
-    kind of every task seen. Admin resolutions are not queue decisions and are left out."""
+    kind of every task seen: view current_annotations, kept up to date row by row. Admin resolutions are not queue
+    decisions and are left out."""
 
     def __init__(self) -> None:
         self.upto: int | None = None                    # every annotation id <= upto is reflected
@@ -81,11 +82,11 @@ class _Decisions:
         self.sync(db)
         got = self.mine.get(annotator)
         if got is None:
+            # a row newer than upto (none, under the lock) would reach us with the next sync
             rows = db.fetchall("""
-                SELECT a.task_id, max(a.id), arg_max(a.value, a.id), arg_max(a.source, a.id), any_value(t.kind)
-                FROM annotations a LEFT JOIN tasks t ON t.id = a.task_id
-                WHERE a.annotator = ? AND a.source <> 'resolution' AND a.id <= ? GROUP BY a.task_id""",
-                               [annotator, self.upto])
+                SELECT a.task_id, a.id, a.value, a.source, t.kind
+                FROM current_annotations a LEFT JOIN tasks t ON t.id = a.task_id
+                WHERE a.annotator = ? AND a.source <> 'resolution' AND a.id <= ?""", [annotator, self.upto])
             got = self.mine[annotator] = {r[0]: (r[1], r[2], r[3]) for r in rows}
             self.kinds.update((r[0], r[4]) for r in rows if r[4])
         return got
@@ -214,6 +215,21 @@ def get_task(db: Database, task_id: str, shown_order: str | None = None) -> dict
     return None if row is None else _task_view(db, row, random.Random(), shown_order)
 
 
+def needs_labels(db: Database, task_id: str) -> bool:
+    """Whether the task still exists and still has a slot open (others may have completed it meanwhile)."""
+    return bool(db.scalar("SELECT n_done < required FROM tasks WHERE id = ?", [task_id]))
+
+
+def sites(db: Database) -> list[str]:
+    """The sites that have tasks, in order: the Label page's queue filter and the Train page's data filter."""
+    return [r[0] for r in db.fetchall("SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
+
+
+def shown_order(db: Database, annotation_id: int) -> str | None:
+    """How a decision's pair was shown ('ab' or 'ba'); None for other tasks or no such decision."""
+    return db.scalar("SELECT shown_order FROM annotations WHERE id = ?", [int(annotation_id)])
+
+
 # -- decisions -------------------------------------------------------------------------------------------------------
 def _counted(value: str | None) -> int:
     return int(value is not None and value not in NOT_LABELS)
@@ -254,6 +270,15 @@ def save_annotation(db: Database, task_id: str, annotator: str, value: str, text
     return int(aid)
 
 
+def make_room(db: Database, task_id: str, annotator: str) -> None:
+    """One more slot on a complete task for this annotator, unless their current decision on it is already a label:
+    the Try page records every opinion, also on an answer that already has all the labels a queue asks for."""
+    with _transaction(db):
+        cur = _decisions(db).of(db, annotator).get(task_id)
+        if not _counted(cur[1] if cur else None):
+            db.execute("UPDATE tasks SET required = n_done + 1 WHERE id = ? AND n_done >= required", [task_id])
+
+
 def skip(db: Database, task_id: str, annotator: str) -> int:
     """Not for me: the task goes back to the others and is not shown to this annotator again."""
     return save_annotation(db, task_id, annotator, "skip")
@@ -261,7 +286,8 @@ def skip(db: Database, task_id: str, annotator: str) -> int:
 
 def undo_last(db: Database, annotator: str, lease_s: int = 300) -> dict | None:
     """Withdraw this annotator's most recent current decision (a 'retracted' row superseding it) and lease the
-    task to them again; returns that task so the page shows it again, with the same pair order."""
+    task to them again; returns that task so the page shows it again, with the same pair order and, as
+    `previous_text`, the answer they had written (None for other decisions), to fix rather than start over."""
     with _transaction(db):
         mine = _decisions(db).of(db, annotator)
         live = [(aid, tid) for tid, (aid, value, source) in mine.items()
@@ -269,14 +295,14 @@ def undo_last(db: Database, annotator: str, lease_s: int = 300) -> dict | None:
         if not live:
             return None
         aid, tid = max(live)
-        value, order = db.fetchone("SELECT value, shown_order FROM annotations WHERE id = ?", [aid])
+        value, order, text = db.fetchone("SELECT value, shown_order, text FROM annotations WHERE id = ?", [aid])
         db.execute("""INSERT INTO annotations (task_id, annotator, value, source, supersedes, shown_order)
                       VALUES (?, ?, 'retracted', 'app', ?, ?)""", [tid, annotator, aid, order])
         if _counted(value):
             db.execute("UPDATE tasks SET n_done = n_done - 1 WHERE id = ?", [tid])
         db.execute("DELETE FROM leases WHERE annotator = ?", [annotator])
         db.execute("INSERT INTO leases VALUES (?, ?, ?)", [tid, annotator, _now() + timedelta(seconds=lease_s)])
-        return get_task(db, tid, order)
+        return {**get_task(db, tid, order), "previous_text": text}
 
 
 def edit_annotation(db: Database, annotation_id: int, annotator: str, value: str, text: str | None = None) -> int:

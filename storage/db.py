@@ -9,6 +9,7 @@ which sees committed data and never waits for that lock, so a chart refresh does
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,6 +62,16 @@ class Reader(Queries):
         self.con = cursor
 
 
+class DatabaseInUse(OSError):
+    """DuckDB lets one process open a database file; a second app (or a site's client) gets this sentence."""
+
+    def __init__(self, path: str, detail: str):
+        pid = re.search(r"PID (\d+)", detail)
+        who = f"another process (pid {pid.group(1)})" if pid else "another process"
+        super().__init__(f"The database {path} is in use by {who}, probably another Preflab app: stop it, or "
+                         "start this one with another PREFLAB_HOME.")
+
+
 class Database(Queries):
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = str(path)
@@ -70,9 +81,7 @@ class Database(Queries):
             # read_only: a site's federated client reads its labels while no app holds the file (DuckDB locks)
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as e:  # the usual cause: another process holds the file
-            raise RuntimeError(
-                f"Could not open the database {self.path}: it is probably in use by another Preflab process. ({e})"
-            ) from None
+            raise DatabaseInUse(self.path, str(e)) from None
         self.lock = threading.RLock()
         self._in_tx = 0
         self._local = threading.local()
@@ -137,16 +146,24 @@ class Database(Queries):
 def migrate(db: Database) -> list[str]:
     """Apply pending migrations in order; each one and its record commit together or not at all."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
-    done = {r[0] for r in db.fetchall("SELECT name FROM schema_migrations")}
-    applied = []
+    todo, applied = set(pending_migrations(db)), []
     for name, sql in MIGRATIONS:
-        if name in done:
+        if name not in todo:
             continue
         with db.transaction():
             db.execute(sql)
             db.execute("INSERT INTO schema_migrations VALUES (?, current_timestamp)", [name])
         applied.append(name)
     return applied
+
+
+def pending_migrations(db: Database) -> list[str]:
+    """The migrations this database lacks: a file a Preflab opened read-only (a federated site's) may be older
+    than the code reading it."""
+    if not db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"):
+        return [name for name, _ in MIGRATIONS]
+    done = {r[0] for r in db.fetchall("SELECT name FROM schema_migrations")}
+    return [name for name, _ in MIGRATIONS if name not in done]
 
 
 def set_lookup_indexes(db: Database, on: bool) -> None:

@@ -5,9 +5,10 @@ Data model (one DuckDB file per Preflab home):
 - tasks: one unit of labeling work. kind 'single' (one response: good/bad, KTO), 'pair' (response_a vs
   response_b: DPO), 'write' (write or edit the ideal response: SFT). `required` annotations per task.
 - annotations: append-only. A change or an undo is a new row whose `supersedes` names the row it replaces;
-  nothing is ever deleted. The current label of (task, annotator) is the newest row; value 'retracted' means
-  none. Values: single good|bad; pair a|b|tie|both_bad (a = response_a whatever side it was shown on,
-  `shown_order` 'ab' or 'ba' records what the annotator saw); write 'written' with `text`; 'skip'.
+  nothing is ever deleted. Values: single good|bad; pair a|b|tie|both_bad (a = response_a whatever side it was
+  shown on, `shown_order` 'ab' or 'ba' records what the annotator saw); write 'written' with `text`; 'skip'.
+  A person's current label on a task, and a task's current admin resolution, are rows of the view
+  current_annotations (m004, where the rule is written); value 'retracted' means none.
 - leases: a task shown to an annotator is reserved for them until expires_at.
 - snapshots: frozen Parquet copies of the rows a run trains on, keyed by content hash.
 - runs, run_scalars, run_instances: jobs and what the supervisor ingested from their run directories.
@@ -169,3 +170,18 @@ ALTER TABLE runs ADD COLUMN origin VARCHAR DEFAULT 'app';
 LOOKUP_INDEXES = {"tasks_by_id": "tasks (id)", "prompts_by_id": "prompts (id)",
                   "responses_by_prompt": "responses (prompt_id)"}
 migration("m003_lookup_indexes", "".join(f"CREATE INDEX {k} ON {v};\n" for k, v in LOOKUP_INDEXES.items()))
+
+# The one rule for "a person's current label on a task", read by training data, agreement, the queue, the Data page,
+# A/B win rates and the Runs page. A person's current decision on a task is their newest own annotation (any value:
+# 'skip' and 'retracted' are kept, and readers that want labels leave them out). An admin's resolution is not a
+# decision of theirs: a task's current resolution is its newest row of source 'resolution' (each supersedes the
+# one before, whichever admin wrote it), a row of its own here. Where a task has one, it replaces the task's votes
+# in what the task is labeled (labeling.dataset.deciding_labels); the votes stay, for agreement and the queue.
+migration("m004_current_annotations", """
+CREATE VIEW current_annotations AS
+SELECT * FROM annotations WHERE source <> 'resolution'
+QUALIFY row_number() OVER (PARTITION BY task_id, annotator ORDER BY id DESC) = 1
+UNION ALL
+SELECT * FROM annotations WHERE source = 'resolution'
+QUALIFY row_number() OVER (PARTITION BY task_id ORDER BY id DESC) = 1;
+""")

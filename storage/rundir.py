@@ -82,11 +82,6 @@ def read_config(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir) / CONFIG)
 
 
-def write_config(run_dir: str | Path, config: dict) -> None:
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(run_dir) / CONFIG, config)
-
-
 def read_status(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir) / STATUS)
 

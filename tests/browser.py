@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
+# Every screenshot a browser test takes lands here (the README's pictures are taken this way).
 SHOTS = Path(os.environ.get("PREFLAB_SCREENSHOTS", "/tmp/preflab-screenshots"))
 
 

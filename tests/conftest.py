@@ -10,15 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-SHARED = ROOT.parent / "shared"
-HH_DATA = SHARED / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-
-
-def pytest_configure(config):
-    # Registered here so every way of calling pytest knows it: `-m "not slow"` skips the SmolLM2 tests.
-    config.addinivalue_line("markers", "slow: uses the real SmolLM2 model (tens of seconds each); keep these few")
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with tokenizer and chat template, saved once per test session."""

@@ -1,8 +1,12 @@
-"""The live benchmark (`python -m app.bench_live`) end to end on a tiny model and a small labeling database:
+"""The live benchmark (`python -m bench.live`) end to end on a tiny model and a small labeling database:
 every trainer step reaches the Runs page's loss chart, and labeling is measured before, during and after."""
 import json
 
-from app import bench_live
+import pytest
+
+from bench import live as bench_live
+
+pytestmark = pytest.mark.bench
 
 
 def test_every_step_reaches_the_chart_and_labeling_is_measured_during_training(tiny_model_dir, capsys, monkeypatch):

@@ -11,6 +11,8 @@ from labeling import queue as Q
 from labeling.importer import import_file
 from tests.browser import browser_page, login, need_chromium, running_app, shot
 
+pytestmark = pytest.mark.browser
+
 XSS_PROMPT = "Is this safe? <script>window.__xss = 1</script> **bold** <img src=x onerror=\"window.__xss = 2\">"
 
 

@@ -5,7 +5,9 @@ import pytest
 from app.context import AppContext
 from labeling.accounts import set_user
 from tests.browser import browser_page, login, need_chromium, running_app, shot
-from tests.test_playground import make_run
+from tests.test_try_model import make_run
+
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from storage import rundir
 from tests.browser import browser_page, need_chromium, running_app, shot
 from tests.jobdata import BAD, GOOD, PROMPTS
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture
 def home(tmp_path):

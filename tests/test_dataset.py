@@ -6,7 +6,7 @@ import pandas as pd
 from labeling import queue as Q
 from labeling.agreement import agreement, disputed_tasks, resolve
 from labeling.dataset import training_rows
-from labeling.exporter import export
+from labeling.label_export import export
 from storage.snapshots import create_snapshot, snapshot_diff
 
 

@@ -64,6 +64,7 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+@pytest.mark.slow
 def test_superlink_and_two_supernodes_train_one_kto_round(tmp_path, tiny_model_dir):
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file

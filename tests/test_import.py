@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from bench.hh import HH
 from labeling.importer import import_file, parse_mapping, split_shared_prefix
-from tests.conftest import HH_DATA
 
 
 def write_jsonl(path, rows, raw_lines=()):
@@ -122,12 +122,12 @@ def test_split_shared_prefix():
 
 
 def test_hh_file_imports_as_pairs_with_prompt_split(db):
-    r = import_file(db, HH_DATA, skip_bad_rows=True)
+    r = import_file(db, HH, skip_bad_rows=True)
     assert r["ok"] and r["rows"] == 2312
     # 4 rows have an empty chosen answer once the shared prompt is split off; they are reported by line
     assert sorted(p["line"] for p in r["report"]) == [87, 517, 926, 1104]
     assert r["new"] == 2308
-    with gzip.open(HH_DATA, "rt") as f:
+    with gzip.open(HH, "rt") as f:
         first = json.loads(f.readline())
     prompt, chosen, _ = split_shared_prefix(first["chosen"], first["rejected"])
     row = db.fetchone("""SELECT p.text, ra.text FROM tasks t JOIN prompts p ON p.id = t.prompt_id

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from storage.db import open_db
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +133,7 @@ def label_through_the_app(url: str, names: list[str], acked: list, stop: threadi
     return threads
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_real_app_with_8_annotators(tmp_path):
     """The same through `python -m app serve --auth` and its HTTP API, killed with SIGKILL mid-labeling."""
     from labeling.accounts import set_user

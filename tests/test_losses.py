@@ -1,4 +1,4 @@
-"""Every test vector of ../shared/LOSSES.md, in float64, plus the gradients it lists."""
+"""Every test vector of docs/losses.md, in float64, plus the gradients it lists."""
 import pytest
 import torch
 
@@ -20,8 +20,37 @@ def close(a, b, tol=1e-6):
 def test_sft_token_and_seq_mean():
     logps = torch.tensor([[-0.5, -1.0, -1.5], [-2.0, -0.2, 0.0]], dtype=D)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    close(L.sft_loss(logps, mask, "token_mean")[0], 1.04)
-    close(L.sft_loss(logps, mask, "seq_mean")[0], 1.05)
+    summed, n_tokens = (logps * mask).sum(-1), mask.sum(-1)
+    close(L.sft_loss(summed, n_tokens, "token_mean")[0], 1.04)
+    close(L.sft_loss(summed, n_tokens, "seq_mean")[0], 1.05)
+
+
+@pytest.mark.parametrize("reduction, expected", [("token_mean", 1.04), ("seq_mean", 1.05)])
+def test_training_uses_the_tested_sft_loss(reduction, expected):
+    """objectives.sft (what the trainer calls) gives losses.sft_loss's value on the same response tokens."""
+    from training.config import JobConfig
+    from training.data import Batch, Example
+    from training.modeling import LogpOutput
+    from training.objectives import StepInput, sft
+
+    token_logps = t(-0.5, -1.0, -1.5, -2.0, -0.2)
+    seq_index = torch.tensor([0, 0, 0, 1, 1])
+    logps = torch.zeros(2, dtype=D).index_add(0, seq_index, token_logps)
+    n_tokens = torch.tensor([3, 2])
+    policy = LogpOutput(logps, n_tokens, token_logps, seq_index, None, torch.zeros(5, dtype=torch.long))
+    examples = [Example(i, str(i), None, None, [1], [[2, 3]]) for i in range(2)]
+    batch = Batch(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4), torch.ones(2, 4), examples, ["sft", "sft"])
+    inp = StepInput(batch=batch, policy=policy, ref=logps.detach()[None], beta=0.1)
+    loss = sft(JobConfig(algorithm="sft", model="m", sft_reduction=reduction), inp).loss
+    close(loss, L.sft_loss(logps, n_tokens, reduction)[0], tol=0)
+    close(loss, expected)
+
+
+def test_every_algorithm_has_an_objective():
+    from training import algorithms
+    from training.objectives import OBJECTIVES
+
+    assert set(OBJECTIVES) == set(algorithms.NAMES)
 
 
 def test_minor_sft_vector_and_gradient():

@@ -11,7 +11,7 @@ import torch
 from tests.jobdata import make_run
 from training.__main__ import run_job
 from training.config import JobConfig
-from training.export import ExportError, export_run
+from training.model_export import ExportError, export_run
 
 PROMPT, ANSWER = "Check the pump on line three", "Stop the pump, then torque the housing bolts."
 

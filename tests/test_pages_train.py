@@ -10,6 +10,12 @@ from tests.jobdata import BAD, GOOD, PROMPTS
 ADMIN, ANN = User("boss", "admin"), User("ann", "annotator")
 
 
+def form(algorithm, model, **values):
+    """The Train page's form as its handlers read it: LoRA rank 8, DPO's sigmoid loss, no references."""
+    return {"algorithm": algorithm, "model": str(model), "use_lora": True, "lora_r": 8, "loss_type": "sigmoid",
+            "references": [], **values}
+
+
 def label(ctx, n=8, value="a"):
     for i in range(n):
         t = Q.create_task(ctx.db, "pair", f"{PROMPTS[i % 8]} #{i}", [GOOD[i % 8], BAD[i % 8]],
@@ -19,14 +25,14 @@ def label(ctx, n=8, value="a"):
 
 def test_preview_counts_classes_and_suggests_kto_weight(ctx, tiny_model_dir):
     label(ctx)
-    cfg = build_config(ctx, "kto", str(tiny_model_dir), True, 8, "sigmoid", [], {"batch_size": 2})
+    cfg = build_config(ctx, form("kto", tiny_model_dir, batch_size=2))
     text, lam = preview(ctx, cfg, selection(ctx, "kto", None, None, 0))
     assert "16** examples (8 good, 8 bad)" in text and lam == 1.0 and "Ready to train" in text
 
 
 def test_wrong_data_kind_is_said_in_words(ctx, tiny_model_dir):
     label(ctx, value="both_bad")
-    cfg = build_config(ctx, "dpo", str(tiny_model_dir), True, 8, "sigmoid", [], {})
+    cfg = build_config(ctx, form("dpo", tiny_model_dir))
     text, _ = preview(ctx, cfg, selection(ctx, "dpo", None, None, 0))
     assert "DPO trains on decided pairs" in text and "Ready" not in text
 
@@ -35,18 +41,18 @@ def test_federated_preview_shows_each_site(ctx, tiny_model_dir):
     label(ctx)
     fed = {"enabled": True, "setting": "kto-r", "aggregator": "fedavg", "rounds": 2, "clients_per_round": 0,
            "local_steps": 2, "mu": 0.01}
-    cfg = build_config(ctx, "kto", str(tiny_model_dir), True, 8, "sigmoid", [], {"batch_size": 2}, fed)
+    cfg = build_config(ctx, form("kto", tiny_model_dir, batch_size=2, federated=fed))
     assert cfg.federated.setting == "kto-r"
     table = site_preview(cfg, selection(ctx, "kto", None, None, 0))
     assert "plant-a" in table and "plant-b" in table and "good" in table
-    dpo = build_config(ctx, "dpo", str(tiny_model_dir), True, 8, "sigmoid", [], {}, fed)
+    dpo = build_config(ctx, form("dpo", tiny_model_dir, federated=fed))
     text, _ = preview(ctx, dpo, selection(ctx, "dpo", None, None, 0))
     assert "DPO cannot train on KTO-R data" in text
 
 
 def test_only_admins_start_training(ctx, tiny_model_dir):
     label(ctx)
-    cfg = build_config(ctx, "dpo", str(tiny_model_dir), True, 8, "sigmoid", [], {"batch_size": 2, "max_steps": 2})
+    cfg = build_config(ctx, form("dpo", tiny_model_dir, batch_size=2, max_steps=2))
     data = selection(ctx, "dpo", None, None, 0)
     with pytest.raises(UserError, match="only an admin"):
         start_training(ctx, ANN, cfg, data, "", 0.0, {})
@@ -65,3 +71,48 @@ def test_date_filter_selects_labels_by_day_and_rejects_a_bad_date(ctx):
     assert len(selection(ctx, "dpo", None, None, 0, "", str(today - dt.timedelta(days=1)))) == 0
     with pytest.raises(UserError, match="Labeled from: '25/11' is not a date"):
         selection(ctx, "dpo", None, None, 0, "25/11", "")
+
+
+def test_a_setting_that_does_not_apply_to_the_algorithm_keeps_its_default(ctx, tiny_model_dir):
+    hidden = build_config(ctx, form("eps_dpo", tiny_model_dir, label_smoothing=0.2, epsilon=0.05, loss_type="ipo",
+                                    references=["r1"]))
+    assert (hidden.label_smoothing, hidden.loss_type, hidden.references, hidden.epsilon) == (0.0, "sigmoid", [], 0.05)
+    hidden.validate()                      # a value left in a hidden box cannot make the run fail
+    mrpo = build_config(ctx, form("mrpo", tiny_model_dir, references=["r1"], eta=0.2))
+    assert mrpo.references == [str(ctx.runs_dir / "r1" / "adapter")] and mrpo.eta == 0.2
+
+
+def page(ctx):
+    """The Train page's endpoints, its page-load handler, and its form's components by label."""
+    import gradio as gr
+
+    from app.pages import train as T
+
+    with gr.Blocks() as demo:
+        T.build(ctx)(demo)
+    fns = {name: f for f in demo.fns.values() for name in (f.api_name, f.fn.__name__)}
+    return fns, {c.label: c for c in fns["train_start"].inputs}
+
+
+def test_the_form_reaches_its_handlers_as_named_values_with_the_configs_defaults(ctx, tiny_model_dir):
+    from training.config import FederatedConfig
+
+    label(ctx)
+    fns, boxes = page(ctx)
+    values = {c: c.value for c in fns["train_start"].inputs}
+    fed = FederatedConfig()
+    assert (values[boxes["Rounds"]], values[boxes["Local steps per round"]], values[boxes["FedProx μ"]],
+            values[boxes["Aggregator"]]) == (fed.rounds, fed.local_steps, fed.mu, fed.aggregator)
+    values.update({boxes["Model folder (Hugging Face format)"]: str(tiny_model_dir), boxes["Batch size"]: 2,
+                   boxes["Max steps"]: 2, boxes["Run name (optional)"]: "from the form"})
+    text, _ = fns["train_check"].fn(values, None)
+    assert "**DPO** on **8** examples" in text and "Ready to train" in text
+    assert "queued" in fns["train_start"].fn(values, None)
+    assert ctx.db.fetchone("SELECT name, algorithm FROM runs") == ("from the form", "dpo")
+
+
+def test_sites_and_annotators_are_read_when_the_page_loads(ctx):
+    fns, _ = page(ctx)
+    label(ctx)                             # labeled after the page was built
+    sites, annotators, _ = fns["on_page_load"].fn(None)
+    assert sites["choices"] == ["plant-a", "plant-b"] and annotators["choices"] == ["x"]

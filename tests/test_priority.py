@@ -7,13 +7,11 @@ import time
 
 import pytest
 
-from app.context import User
 from app.pages import label as L
 from app.priority import LabelingFirst
 from app.supervisor import Supervisor
 from labeling import queue as Q
-
-ANN = User("alice", "annotator", None)
+from tests.test_handlers import endpoints
 
 
 @pytest.fixture
@@ -111,9 +109,10 @@ def test_label_page_requests_pause_the_apps_job(ctx, job, monkeypatch):
     seen = []
     save = Q.save_annotation
     monkeypatch.setattr(Q, "save_annotation", lambda *a, **k: (seen.append(stopped(job, True)), save(*a, **k))[1])
-    v = L.next_view(ctx, ANN, "Good / bad", None)
-    v = L.decide(ctx, ANN, v["task"], "a", "Good / bad", None)
-    assert v["note"] == "Saved: good." and seen == [True]
+    api = endpoints(ctx, L)                       # the page's handlers, as the app serves them
+    shown = api["label_next"]("Good / bad", "(all sites)", None)
+    saved = api["label_a"](shown[0], "Good / bad", "(all sites)", "", None)
+    assert saved[1] == "Saved: good." and seen == [True]
     assert not stopped(job, False)
 
 

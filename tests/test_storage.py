@@ -18,6 +18,8 @@ def test_blank_database_gets_schema(db):
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'annotations'")}
     # every annotation keeps who, what, the order shown, time spent, when, and what it replaced
     assert {"annotator", "task_id", "value", "shown_order", "time_ms", "created_at", "supersedes", "site"} <= cols
+    views = {r[0] for r in db.fetchall("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'")}
+    assert views == {"current_annotations"}     # the one rule for a person's current label
 
 
 def test_reopen_applies_nothing_twice(tmp_path):
@@ -80,3 +82,21 @@ def test_a_page_reading_never_waits_for_a_write_in_progress(db):
     r.join(10)
     assert answered_during_the_write and seen["value"] == "1"      # not held up, and no uncommitted data
     assert db.reader().scalar("SELECT value FROM settings WHERE key = 'labels'") == "2"   # committed: seen
+
+
+def test_an_older_database_opened_read_only_says_it_needs_upgrading(tmp_path, monkeypatch):
+    """A federated site reads its labels read-only, without migrating: it can tell when its file is older."""
+    from storage.db import pending_migrations
+
+    path = tmp_path / "old.duckdb"
+    monkeypatch.setattr("storage.db.MIGRATIONS", migrations.MIGRATIONS[:3])
+    open_db(path).close()
+    monkeypatch.undo()
+    db = Database(path, read_only=True)
+    assert pending_migrations(db) == [name for name, _ in migrations.MIGRATIONS[3:]]
+    assert "m004_current_annotations" in pending_migrations(db)
+    db.close()
+    db = open_db(path)
+    assert pending_migrations(db) == []
+    assert db.scalar("SELECT count(*) FROM current_annotations") == 0
+    db.close()

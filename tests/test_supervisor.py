@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from app import charts
-from app.jobs import create_run
+from app.launch import create_run
 from app.supervisor import Supervisor
 from labeling import queue as Q
 from labeling.dataset import training_rows
@@ -66,6 +66,7 @@ def rundir_path(ctx, run_id):
     return Path(ctx.db.scalar("SELECT run_dir FROM runs WHERE id = ?", [run_id]))
 
 
+@pytest.mark.slow
 def test_killed_job_fails_with_reason_and_resumes(ctx, tiny_model_dir):
     label_pairs(ctx.db)
     cfg = JobConfig(algorithm="dpo", model=str(tiny_model_dir), batch_size=2, max_steps=3000, max_length=64,
@@ -159,7 +160,7 @@ def test_a_flower_run_in_the_runs_folder_is_listed_and_charted_but_never_launche
 
 
 def test_runs_the_app_creates_are_never_taken_for_external_ones(ctx, tiny_model_dir):
-    from app.jobs import create_run
+    from app.launch import create_run
 
     sup = Supervisor(ctx)
     label_pairs(ctx.db)

@@ -74,6 +74,24 @@ def test_training_changes_the_adapter_and_improves_dpo_margin(tmp_path, tiny_mod
     assert lines[-1]["rewards/margins"] > 0
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_gradient_checkpointing_recomputes_and_keeps_the_losses(tmp_path, tiny_model_dir, lora):
+    losses, recomputed = {}, []
+    for on in (False, True):
+        run = make_run(tmp_path / f"gc-{on}", tiny_model_dir, "dpo", max_steps=2, gradient_checkpointing=on,
+                       **({} if lora else {"lora": None}))
+        tr = Trainer(JobConfig.load(run / "config.json"), run).prepare()
+        layers = [m for m in tr.model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        assert bool(layers) == on
+        assert not any(isinstance(m, torch.nn.Dropout) and m.training for m in tr.model.modules())
+        for m in layers:   # count the checkpointed forwards
+            m._gradient_checkpointing_func = (lambda f: lambda *a, **k: recomputed.append(1) or f(*a, **k))(
+                m._gradient_checkpointing_func)
+        losses[on] = [tr.train_step()[0]["loss"] for _ in range(2)]
+    assert recomputed
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
 def test_resume_reproduces_the_uninterrupted_losses(tmp_path, tiny_model_dir):
     full = make_run(tmp_path / "full", tiny_model_dir, "dpo", max_steps=6)
     assert run_job(full) == 0
@@ -91,6 +109,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, tiny_model_dir):
         assert b[s] == pytest.approx(a[s], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
     run = make_run(tmp_path / "r", tiny_model_dir, "dpo", max_steps=400)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
@@ -145,11 +164,11 @@ def test_nan_loss_fails_with_advice(tmp_path, tiny_model_dir, monkeypatch):
     real = objectives.OBJECTIVES["dpo"]
 
     def nan_fn(cfg, inp):
-        res = real.fn(cfg, inp)
+        res = real(cfg, inp)
         res.loss = res.loss * float("nan")
         return res
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "dpo", objectives.Objective("dpo", "pairs", nan_fn))
+    monkeypatch.setitem(objectives.OBJECTIVES, "dpo", nan_fn)
     run = make_run(tmp_path / "r", tiny_model_dir, "dpo")
     assert run_job(run) == 1
     err = rundir.read_status(run)["error"]

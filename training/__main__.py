@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def share_the_machine(nice: int, threads: int) -> None:
-    """Jobs the app starts leave room for the app: `threads` CPU threads (the app keeps a core for labeling; more
+    """Jobs the app starts leave room for the app: `threads` CPU threads (the app keeps a core for its pages; more
     priority alone did not do it, the job's threads still slowed every request by half on 2 cores) and a lower
     priority. The job runs in its own session, so with the kernel's autogroup scheduling it is also its session
     group's niceness that counts (set through /proc/self/autogroup where the kernel has it)."""
@@ -32,7 +32,7 @@ def share_the_machine(nice: int, threads: int) -> None:
 
 def run_job(run_dir: str | Path) -> int:
     from storage import rundir
-    from training.config import ConfigError, JobConfig
+    from training.config import JobConfig
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -52,39 +52,22 @@ def run_job(run_dir: str | Path) -> int:
             install_sigterm(trainer)
             state = trainer.prepare().train()
         elif cfg.kind == "generate":
-            from training.jobs import run_generate
+            from training.generate import run_generate
 
             state = run_generate(cfg, run_dir)
         else:
-            from training.jobs import run_evaluate
+            from training.evaluate import run_evaluate
 
             state = run_evaluate(cfg, run_dir)
         return 0 if state in ("finished", "stopped") else 1
     except BaseException as e:  # noqa: BLE001 - every failure must end as a readable status
-        message = _explain(e)
+        from training.runtime import explain
+
+        message = explain(e)
         traceback.print_exc()
         rundir.write_status(run_dir, state="failed", error=message, phase="failed")
         print(f"\nFAILED: {message}", file=sys.stderr)
         return 1
-
-
-def _explain(e: BaseException) -> str:
-    import torch
-
-    from training.config import ConfigError
-    from training.data import DataError
-    from training.trainer import JobError
-
-    if isinstance(e, (ConfigError, DataError, JobError)):
-        return str(e)
-    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
-        return ("Out of memory. Lower batch_size or max_length, raise grad_accum to keep the effective batch, "
-                "or use LoRA instead of full fine-tuning.")
-    if isinstance(e, KeyboardInterrupt):
-        return "Interrupted."
-    if isinstance(e, FileNotFoundError):
-        return f"A file is missing: {e.filename or e}."
-    return f"The job crashed: {type(e).__name__}: {e}. The full trace is in log.txt."
 
 
 if __name__ == "__main__":

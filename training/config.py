@@ -1,8 +1,9 @@
 """JobConfig: the one typed description of a job, written by the app as config.json and read by the job.
 
-Defaults follow ../shared/LOSSES.md. Validation raises ConfigError with a sentence naming the field, so the
-app's pre-flight check and the job's own start-up report the same plain words. No torch import here: the app
-builds and validates configs without loading the ML stack.
+Defaults follow docs/losses.md; what each algorithm is and its own checks live in training/algorithms.py.
+Validation raises ConfigError with a sentence naming the field, so the app's pre-flight check and the job's own
+start-up report the same plain words. No torch import here: the app builds and validates configs without
+loading the ML stack.
 """
 from __future__ import annotations
 
@@ -12,25 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ALGORITHMS = ("sft", "minor_sft", "dpo", "eps_dpo", "mrpo", "kto")
+from training import algorithms
+
 KINDS = ("train", "generate", "evaluate")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedyogi")
-
-# What data each algorithm trains on (columns of data/train.parquet).
-DATA_KIND = {
-    "sft": "sft",            # prompt, completion
-    "minor_sft": "sft",
-    "dpo": "pairs",          # prompt, chosen, rejected
-    "eps_dpo": "pairs",
-    "mrpo": "pairs",
-    "kto": "unpaired",       # prompt, completion, label (bool); pairs are split into a good and a bad row
-}
-DATA_COLUMNS = {
-    "sft": ("prompt", "completion"),
-    "pairs": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-}
 
 
 class ConfigError(ValueError):
@@ -41,7 +28,7 @@ class ConfigError(ValueError):
 class LoraConfig:
     r: int = 8                       # rank of the low-rank update
     alpha: int = 16                  # scaling: the update is multiplied by alpha / r
-    dropout: float = 0.0             # LOSSES.md: dropout off, so the reference and policy agree at step 0
+    dropout: float = 0.0             # docs/losses.md: dropout off, so the reference and policy agree at step 0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -59,6 +46,11 @@ class FederatedConfig:
     setting: str = "kto-o"           # kto-o: labels stay at their site; kto-r: unpaired rows permuted across sites
     site_column: str = "site"
 
+    @property
+    def proximal_mu(self) -> float:
+        """FedProx's mu; the other aggregators add no proximal term to a site's loss."""
+        return self.mu if self.aggregator == "fedprox" else 0.0
+
 
 @dataclass
 class JobConfig:
@@ -71,7 +63,7 @@ class JobConfig:
     lora: LoraConfig | None = field(default_factory=LoraConfig)  # None = full fine-tuning
     federated: FederatedConfig | None = None
 
-    # -- objective (defaults from LOSSES.md)
+    # -- objective (defaults from docs/losses.md)
     beta: float = 0.1                # KL strength (DPO, eps-DPO, MRPO, KTO); MinorSFT suggests 0.01-0.1
     loss_type: str = "sigmoid"       # DPO variant: sigmoid | ipo | hinge
     label_smoothing: float = 0.0     # cDPO epsilon (sigmoid only)
@@ -97,7 +89,7 @@ class JobConfig:
     seed: int = 42
     precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     pack_prompts: bool = True        # compute a prompt shared by several responses (a pair) once per forward
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False   # recompute activations in the backward: less memory, more compute
 
     # -- observation
     log_every: int = 1               # write a metrics line every N optimizer steps
@@ -113,7 +105,7 @@ class JobConfig:
 
     @property
     def data_kind(self) -> str:
-        return DATA_KIND[self.algorithm]
+        return algorithms.get(self.algorithm).data_kind
 
     # -- (de)serialisation --------------------------------------------------------------------------------
     @classmethod
@@ -161,23 +153,20 @@ class JobConfig:
                 raise ConfigError(msg)
 
         need(self.kind in KINDS, f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}.")
-        need(self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}.")
+        need(self.algorithm in algorithms.ALGORITHMS,
+             f"algorithm must be one of {', '.join(algorithms.NAMES)}, not {self.algorithm!r}.")
         need(bool(self.model), "model is empty: give a local model directory.")
         need(self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}.")
         need(self.beta > 0, f"beta must be positive (got {self.beta}).")
         need(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
         need(not (self.label_smoothing and self.loss_type != "sigmoid"),
              "label_smoothing (cDPO) only applies to loss_type sigmoid.")
-        need(not (self.algorithm == "eps_dpo" and self.label_smoothing),
-             "eps-DPO does not support label_smoothing.")
         need(0 <= self.epsilon < 1, f"epsilon must be in [0, 1) (got {self.epsilon}).")
         need(self.desirable_weight > 0 and self.undesirable_weight > 0, "KTO weights must be positive.")
         need(self.sft_reduction in ("token_mean", "seq_mean"), "sft_reduction must be token_mean or seq_mean.")
         need(self.learning_rate > 0, f"learning_rate must be positive (got {self.learning_rate}).")
         need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler must be linear, cosine or constant.")
         need(self.batch_size >= 1, "batch_size must be at least 1.")
-        need(not (self.algorithm == "kto" and self.kind == "train" and self.batch_size < 2),
-             "KTO needs batch_size of at least 2 (its KL estimate pairs each prompt with another example's answer).")
         need(self.grad_accum >= 1, "grad_accum must be at least 1.")
         need(self.max_steps >= 0 and self.epochs > 0, "max_steps must be >= 0 and epochs > 0.")
         need(self.max_length >= 8, "max_length must be at least 8 tokens.")
@@ -186,11 +175,8 @@ class JobConfig:
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16.")
         need(self.num_samples >= 1 and self.max_new_tokens >= 1, "num_samples and max_new_tokens must be >= 1.")
         need(0 < self.top_p <= 1 and self.temperature >= 0, "top_p must be in (0, 1] and temperature >= 0.")
-        if self.algorithm == "mrpo" and self.kind == "train":
-            need(len(self.references) >= 1, "MRPO needs at least one extra reference (an earlier run's adapter).")
-            if self.mrpo_weights is not None:
-                need(len(self.mrpo_weights) == len(self.references) + 1,
-                     f"mrpo_weights needs {len(self.references) + 1} values (the base reference first).")
+        for problem in algorithms.get(self.algorithm).problems(self):
+            need(False, problem)
         if self.lora is not None:
             need(self.lora.r >= 1 and self.lora.alpha > 0, "LoRA r and alpha must be positive.")
             need(bool(self.lora.target_modules), "LoRA target_modules is empty.")
@@ -200,7 +186,7 @@ class JobConfig:
             need(f.aggregator in AGGREGATORS, f"aggregator must be one of {', '.join(AGGREGATORS)}.")
             need(f.rounds >= 1 and f.local_steps >= 1, "rounds and local_steps must be at least 1.")
             need(f.setting in ("kto-o", "kto-r"), "federated setting must be kto-o or kto-r.")
-            need(not (f.setting == "kto-r" and self.algorithm in ("dpo", "eps_dpo", "mrpo")),
+            need(not (f.setting == "kto-r" and self.data_kind == "pairs"),
                  "DPO cannot train on KTO-R data: redistribution splits a prompt's good and bad answers across "
                  "sites, so no site holds both halves of a pair. Use KTO, or the KTO-O setting.")
 

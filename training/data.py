@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from training.config import DATA_COLUMNS, ConfigError
+from training.algorithms import DATA_COLUMNS
 
 
 class DataError(ValueError):

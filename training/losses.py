@@ -1,12 +1,16 @@
 """Pure loss functions: summed response log-probs in, per-example tensors out. No model inside, so each is checked
-against ../shared/LOSSES.md's float64 test vectors and against other implementations (TRL, the official eps-DPO and
+against docs/losses.md's float64 test vectors and against other implementations (TRL, the official eps-DPO and
 MRPO trainers). Conventions: `log pi(y|x)` is the SUM of per-token log-probs over response tokens; rewards are
 detached; the caller averages per-example losses over the batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from training.algorithms import kto_classes_problem
 
 Tensor = torch.Tensor
 
@@ -17,16 +21,15 @@ def deviation(policy_logps: Tensor, ref_logps: Tensor, n_tokens: Tensor) -> Tens
 
 
 # -- 1. SFT ---------------------------------------------------------------------------------------------------
-def sft_loss(token_logps: Tensor, mask: Tensor, reduction: str = "token_mean") -> tuple[Tensor, Tensor]:
-    """Negative log-likelihood of response tokens. token_logps, mask: [B, T] (mask 1 on response tokens).
+def sft_loss(logps: Tensor, n_tokens: Tensor, reduction: str = "token_mean") -> tuple[Tensor, Tensor]:
+    """Negative log-likelihood of the responses, from their summed log-probs [B] and token counts [B].
 
     Returns (loss, per_example) where per_example is each sequence's mean NLL. token_mean divides the summed NLL
     of the batch by its response-token count (long answers weigh more); seq_mean averages per-sequence means.
     """
-    mask = mask.to(token_logps.dtype)
-    nll = -(token_logps * mask)
-    n = mask.sum(-1).clamp(min=1)
-    per_example = nll.sum(-1) / n
+    nll = -logps
+    n = n_tokens.clamp(min=1)
+    per_example = nll / n
     if reduction == "token_mean":
         loss = nll.sum() / n.sum()
     elif reduction == "seq_mean":
@@ -138,7 +141,7 @@ def mrpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor
     K = ref_chosen.shape[0]
     p0w, p0l = ref_chosen[0], ref_rejected[0]
     cw, cl = [p0w], [p0l]
-    n_clipped = torch.zeros((), dtype=ref_chosen.dtype)
+    n_clipped = torch.zeros((), dtype=ref_chosen.dtype, device=ref_chosen.device)
     for k in range(1, K):
         pkw, pkl = ref_chosen[k], ref_rejected[k]
         if eta >= 0:
@@ -160,7 +163,7 @@ def mrpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor
         S = a.sum(0, keepdim=True) + 1e-6
         w = (S - a) / ((K - 1) * S)
     else:
-        w = torch.as_tensor(weights, dtype=pw.dtype).view(K, 1).expand_as(pw)
+        w = torch.as_tensor(weights, dtype=pw.dtype, device=pw.device).view(K, 1).expand_as(pw)
     log_w = torch.log(w)
     virt_w = -torch.logsumexp(log_w - pw, dim=0)
     virt_l = -torch.logsumexp(log_w - pl, dim=0)
@@ -199,8 +202,8 @@ def kto_loss(policy_chosen: Tensor, policy_rejected: Tensor, policy_kl: Tensor, 
 def kto_desirable_weight(n_desirable: int, n_undesirable: int, undesirable_weight: float = 1.0) -> float:
     """Suggested lambda_D so that lambda_D n_D / (lambda_U n_U) lies in [1, 4/3] (KTO paper's guidance):
     the smallest such value, i.e. ratio 1, rounded up to 2 decimals."""
-    if n_desirable == 0 or n_undesirable == 0:
-        raise ValueError("KTO needs both good and bad examples; this data has only one class.")
-    import math
+    problem = kto_classes_problem(n_desirable, n_undesirable)
+    if problem:
+        raise ValueError(problem)
 
     return math.ceil(100 * undesirable_weight * n_undesirable / n_desirable) / 100

@@ -45,7 +45,7 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str |
     model = AutoModelForCausalLM.from_pretrained(str(check_model_dir(path)), dtype=dtype or torch.float32)
     if device is not None:
         model.to(device)
-    model.eval()  # LOSSES.md: dropout off in policy and reference alike
+    model.eval()  # docs/losses.md: dropout off in policy and reference alike
     return model
 
 
@@ -61,6 +61,22 @@ def add_lora(model, lora_cfg, adapter_init: str | Path | None = None):
         model = get_peft_model(model, cfg)
     model.eval()
     return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them: less memory, about a
+    third more compute. Non-reentrant checkpointing, and inputs that require grad so a LoRA model (frozen
+    embeddings) still gets gradients. Transformers checkpoints a layer only in training mode, and the model stays in
+    eval mode (dropout off, docs/losses.md), so the checkpointed layers alone are flagged as training: their
+    dropout and attention submodules stay in eval mode."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if is_peft(model):
+        model.enable_input_require_grads()
+    for m in model.modules():
+        if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing:
+            m.training = True
 
 
 def is_peft(model) -> bool:

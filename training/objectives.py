@@ -1,8 +1,8 @@
 """Objectives: map a batch's log-probs to (loss, batch scalars, per-instance values), using training/losses.py.
 
-Each objective declares what it needs: the data kind, whether it needs reference logits every step (eps-DPO; all
-others use reference log-probs cached once before training), and whether it needs KTO's mismatched KL pairs.
-The trainer loop is the same for all of them.
+One function per algorithm of training/algorithms.py, which says what each needs (data kind, reference logits
+every step for eps-DPO, KTO's mismatched KL pairs); all others use reference log-probs cached once before
+training. The trainer loop is the same for all of them.
 """
 from __future__ import annotations
 
@@ -34,15 +34,6 @@ class StepResult:
     scalars: dict[str, float]
     instances: list[dict] = field(default_factory=list)
     eps_steps_mean: float = 0.0  # eps-DPO: mean of s over the micro-batch
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    data_kind: str
-    fn: Callable[[JobConfig, StepInput], StepResult]
-    needs_ref_logits: bool = False
-    needs_kl_pairs: bool = False
 
 
 def _f(x: torch.Tensor) -> float:
@@ -87,16 +78,12 @@ def _split_pairs(inp: StepInput):
 # -- objectives ---------------------------------------------------------------------------------------------------
 def sft(cfg: JobConfig, inp: StepInput) -> StepResult:
     p = inp.policy
-    S = inp.batch.input_ids.shape[0]
-    nll_sum = -torch.zeros(S, dtype=p.token_logps.dtype).index_add(0, p.seq_index, p.token_logps)
-    n = p.n_tokens.clamp(min=1)
-    per_example = nll_sum / n
-    loss = nll_sum.sum() / n.sum() if cfg.sft_reduction == "token_mean" else per_example.mean()
+    loss, per_example = L.sft_loss(p.logps, p.n_tokens, cfg.sft_reduction)
     ref = inp.ref[0]
-    m = (p.logps.detach() - ref) / n
+    m = L.deviation(p.logps, ref, p.n_tokens)
     scalars = {"loss": float(loss.detach()), "logps/chosen": _f(p.logps), "m_theta": _f(m),
-               "num_tokens": float(n.sum())}
-    return StepResult(loss, scalars, _instances(inp, range(S), per_example.detach(), cfg.beta, ref))
+               "num_tokens": float(p.n_tokens.clamp(min=1).sum())}
+    return StepResult(loss, scalars, _instances(inp, range(len(per_example)), per_example.detach(), cfg.beta, ref))
 
 
 def minor_sft(cfg: JobConfig, inp: StepInput) -> StepResult:
@@ -154,11 +141,11 @@ def mrpo(cfg: JobConfig, inp: StepInput) -> StepResult:
 def kto(cfg: JobConfig, inp: StepInput) -> StepResult:
     p = inp.policy
     ref = inp.ref[0]
-    good = torch.tensor([ex.label for ex in inp.batch.examples], dtype=torch.bool)
+    good = torch.tensor([ex.label for ex in inp.batch.examples], dtype=torch.bool, device=p.logps.device)
     idx_g, idx_b = good.nonzero().flatten(), (~good).nonzero().flatten()
     losses, cr, rr, kl = L.kto_loss(p.logps[idx_g], p.logps[idx_b], inp.kl_policy, ref[idx_g], ref[idx_b],
                                     inp.kl_ref, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
-    per_example = torch.empty(len(good), dtype=losses.dtype)
+    per_example = torch.empty(len(good), dtype=losses.dtype, device=losses.device)
     per_example[idx_g] = losses[: len(idx_g)].detach()
     per_example[idx_b] = losses[len(idx_g):].detach()
     m = L.deviation(p.logps, ref, p.n_tokens)
@@ -170,11 +157,7 @@ def kto(cfg: JobConfig, inp: StepInput) -> StepResult:
     return StepResult(losses.mean(), scalars, _instances(inp, range(len(good)), per_example, cfg.beta, ref))
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "sft": Objective("sft", "sft", sft),
-    "minor_sft": Objective("minor_sft", "sft", minor_sft),
-    "dpo": Objective("dpo", "pairs", dpo),
-    "eps_dpo": Objective("eps_dpo", "pairs", eps_dpo, needs_ref_logits=True),
-    "mrpo": Objective("mrpo", "pairs", mrpo),
-    "kto": Objective("kto", "unpaired", kto, needs_kl_pairs=True),
+# One per name of training/algorithms.py (tests/test_losses.py checks that they match).
+OBJECTIVES: dict[str, Callable[[JobConfig, StepInput], StepResult]] = {
+    "sft": sft, "minor_sft": minor_sft, "dpo": dpo, "eps_dpo": eps_dpo, "mrpo": mrpo, "kto": kto,
 }

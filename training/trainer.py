@@ -8,7 +8,6 @@ import math
 import random
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -16,31 +15,30 @@ import numpy as np
 import torch
 
 from storage import rundir
+from training import algorithms
 from training.config import JobConfig
 from training.data import Example, epoch_batches, load_rows, make_batch, tokenize
 from training.losses import eps_dpo_update_beta
-from training.modeling import (add_lora, is_peft, load_model, load_tokenizer, load_trainable_state, packed_logps,
-                               reference_mode, response_logps, trainable_state)
+from training.modeling import (add_lora, enable_gradient_checkpointing, is_peft, load_model, load_tokenizer,
+                               load_trainable_state, packed_logps, reference_mode, response_logps, trainable_state)
 from training.objectives import OBJECTIVES, StepInput
+from training.runtime import JobError, Status, heartbeat, seed_everything
 
 REF_CACHE = "ref_logps.pt"
 KEEP_CHECKPOINTS = 2
-
-
-class JobError(RuntimeError):
-    """Ends a job as `failed` with this sentence in status.json."""
 
 
 class Trainer:
     def __init__(self, config: JobConfig, run_dir: str | Path):
         self.cfg = config
         self.run_dir = Path(run_dir)
+        self.algorithm = algorithms.get(config.algorithm)   # what the objective needs
         self.objective = OBJECTIVES[config.algorithm]
         self.step = 0                 # optimizer steps done
         self.beta = config.beta       # global beta (eps-DPO moves it)
         self.stop_requested = False
         self.extra_loss = None        # optional callable added to each micro-batch loss (FedProx's proximal term)
-        self._status_lock = threading.Lock()
+        self._status = Status(self.run_dir)
         self._epoch_cache: dict[int, list[list[int]]] = {}
 
     # -- setup --------------------------------------------------------------------------------------------------
@@ -62,7 +60,7 @@ class Trainer:
             AcceleratorState._reset_state(True)
             self.accelerator = Accelerator(**kwargs)
         self.device = self.accelerator.device
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         if model is None:
             try:
                 self.tokenizer = load_tokenizer(cfg.model)
@@ -73,6 +71,8 @@ class Trainer:
                 model = add_lora(model, cfg.lora, cfg.adapter_init)
             elif cfg.adapter_init:
                 raise JobError("adapter_init needs LoRA: a full fine-tune cannot start from an adapter.")
+            if cfg.gradient_checkpointing:
+                enable_gradient_checkpointing(model)
         else:
             self.tokenizer = tokenizer
         self.model = model
@@ -80,14 +80,14 @@ class Trainer:
         if not self.params:
             raise JobError("The model has no trainable parameters; check the LoRA target modules.")
 
-        kind = self.objective.data_kind
+        kind = self.algorithm.data_kind
         self.rows = load_rows(self.run_dir / rundir.TRAIN_DATA, kind)
         self.examples = tokenize(self.rows, self.tokenizer, kind, cfg.max_length, cfg.max_prompt_length)
         if kind == "unpaired":
             n_good = sum(ex.label for ex in self.examples)
-            if n_good in (0, len(self.examples)):
-                raise JobError("KTO needs both good and bad examples, but this data has only "
-                               f"{'good' if n_good else 'bad'} ones. Label some of the other kind first.")
+            problem = algorithms.kto_classes_problem(n_good, len(self.examples) - n_good)
+            if problem:
+                raise JobError(problem)
         eval_path = self.run_dir / rundir.EVAL_DATA
         self.eval_examples: list[Example] = []
         if eval_path.exists():
@@ -109,7 +109,7 @@ class Trainer:
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                        num_training_steps=self.total_steps)
         self.ref_model = None
-        if self.objective.needs_ref_logits and not is_peft(model):
+        if self.algorithm.needs_ref_logits and not is_peft(model):
             import copy
 
             self.ref_model = copy.deepcopy(model).requires_grad_(False)  # full fine-tune: a frozen copy
@@ -125,7 +125,7 @@ class Trainer:
         if epoch not in self._epoch_cache:
             self._epoch_cache = {epoch: epoch_batches(len(self.examples), self.lengths, self.cfg.batch_size,
                                                       self.cfg.seed, epoch)}
-        batches = [b for b in self._epoch_cache[epoch] if len(b) > 1 or self.objective.data_kind != "unpaired"]
+        batches = [b for b in self._epoch_cache[epoch] if len(b) > 1 or self.algorithm.data_kind != "unpaired"]
         return [self.examples[j] for j in batches[i]]
 
     # -- references ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ class Trainer:
         the run directory, so a resumed run does not recompute them)."""
         path = self.run_dir / REF_CACHE
         self.ref_cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
-        kind = self.objective.data_kind
+        kind = self.algorithm.data_kind
         n_micro = self.total_steps * self.cfg.grad_accum * self.accelerator.num_processes
         groups = [self.micro_batch(i) for i in range(n_micro)]
         groups += [self.eval_examples[i:i + self.cfg.batch_size] for i in range(0, len(self.eval_examples), self.cfg.batch_size)]
@@ -142,7 +142,7 @@ class Trainer:
         # are then the reference's exactly, also in bf16, where another layout would round differently.
         todo, seen = [], set()
         for exs in groups:
-            for with_kl in ((False, True) if self.objective.needs_kl_pairs and len(exs) > 1 else (False,)):
+            for with_kl in ((False, True) if self.algorithm.needs_kl_pairs and len(exs) > 1 else (False,)):
                 b = make_batch(exs, kind, self.tokenizer.pad_token_id, with_kl=with_kl)
                 if any(k not in self.ref_cache and k not in seen for k in b.keys):
                     todo.append(b)
@@ -193,16 +193,16 @@ class Trainer:
         return response_logps(model, ids, attn, resp, keep_logits=keep_logits)
 
     def forward(self, examples: list[Example], train: bool = True):
-        kind = self.objective.data_kind
+        kind = self.algorithm.data_kind
         b = make_batch(examples, kind, self.tokenizer.pad_token_id)
-        keep = self.objective.needs_ref_logits
+        keep = self.algorithm.needs_ref_logits
         with self.accelerator.autocast():
             policy = self.logps(self.model, b.parts, keep_logits=keep)
         inp = StepInput(batch=b, policy=policy, ref=self._ref(b.keys), beta=self.beta)
         if keep:
             with self._reference_model(None) as ref_model, self.accelerator.autocast():
                 inp.ref_out = self.logps(ref_model, b.parts, keep_logits=True)
-        if self.objective.needs_kl_pairs:
+        if self.algorithm.needs_kl_pairs:
             kb = make_batch(examples, kind, self.tokenizer.pad_token_id, with_kl=True)
             with torch.no_grad(), self.accelerator.autocast():
                 kl_pol = self.logps(self.model, kb.parts).logps.float()
@@ -210,7 +210,7 @@ class Trainer:
             if self.accelerator.num_processes > 1:   # z0 is averaged over processes
                 kl_pol, kl_ref = self.accelerator.gather(kl_pol), self.accelerator.gather(kl_ref)
             inp.kl_policy, inp.kl_ref = kl_pol, kl_ref
-        return self.objective.fn(self.cfg, inp)
+        return self.objective(self.cfg, inp)
 
     def train_step(self) -> tuple[dict, list[dict]]:
         """One optimizer step over grad_accum micro-batches. Returns (scalars, instances)."""
@@ -242,7 +242,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.objective.needs_ref_logits:  # eps-DPO: move the global beta after the optimizer step
+        if self.algorithm.needs_ref_logits:  # eps-DPO: move the global beta after the optimizer step
             if acc.num_processes > 1:
                 eps_acc = float(acc.reduce(torch.tensor(eps_acc, device=self.device), "mean"))
             sums["kl/beta"] = self.beta
@@ -261,7 +261,7 @@ class Trainer:
         is also meaningful for the base model), mean m_theta."""
         if not self.eval_examples:
             return {}
-        kind = self.objective.data_kind
+        kind = self.algorithm.data_kind
         wins, lik_wins, ms, n = 0.0, 0.0, [], 0
         for s in range(0, len(self.eval_examples), self.cfg.batch_size):
             exs = self.eval_examples[s:s + self.cfg.batch_size]
@@ -320,17 +320,13 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
 
     # -- the job ------------------------------------------------------------------------------------------------
-    def _status(self, **fields) -> None:
-        with self._status_lock:
-            rundir.write_status(self.run_dir, **fields)
-
     def train(self) -> str:
         """Run to the end (or until SIGTERM). Returns the final state."""
         cfg = self.cfg
         start_step, t_start = self.step, time.time()
         self._status(state="running", step=self.step, total=self.total_steps, phase="training",
                      resumed_from=start_step or None)
-        stop_beat = _heartbeat(self._status)
+        stop_beat = heartbeat(self._status)
         try:
             if start_step == 0 and self.eval_examples:
                 rundir.append_metrics(self.run_dir, {"step": 0, "time": time.time(), "split": "eval", **self.evaluate()})
@@ -386,12 +382,6 @@ class Trainer:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------------
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class _extra_reference:
     """An auxiliary MRPO reference, loaded for the one caching pass and then freed: another run's LoRA adapter
     on the same base, or a whole model folder sharing the tokenizer."""
@@ -416,21 +406,6 @@ class _extra_reference:
     def __exit__(self, *exc):
         self._grad.__exit__(*exc)
         del self.model
-
-
-def _heartbeat(write) -> callable:
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(rundir.HEARTBEAT_S):
-            try:
-                write()
-            except OSError:
-                pass
-
-    t = threading.Thread(target=beat, daemon=True, name="heartbeat")
-    t.start()
-    return stop.set
 
 
 def _progress(total: int, start: int):

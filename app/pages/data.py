@@ -1,6 +1,6 @@
 """Data page: what has been labeled (per site, per annotator, class balance, pair outcomes, agreement), disputed
-tasks an admin resolves, and, for admins only, import, export, guidelines and accounts. Every admin action
-checks the role in its handler: the buttons are also API endpoints."""
+tasks an admin resolves, and, for admins only, import, export, guidelines and accounts. Every admin action is
+declared `admin_only`, so it refuses an annotator also when called as an API endpoint."""
 from __future__ import annotations
 
 import tempfile
@@ -10,7 +10,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from app.context import AppContext, User, UserError, friendly
+from app.context import AppContext, User, UserError, admin_only
+from app.handlers import handler
 from labeling import agreement as A
 from labeling.dataset import data_summary
 
@@ -55,14 +56,13 @@ def disputes(ctx: AppContext) -> pd.DataFrame:
 FINAL = {"pair": ["a", "b", "tie", "both_bad"], "single": ["good", "bad"]}
 
 
+@admin_only("see the votes of a disputed task")
 def dispute_detail(ctx: AppContext, user: User, task_id: str) -> tuple[str, list[str]]:
     """What an admin needs to settle one disputed task: the prompt, the answers (A/B as stored, whatever side
     each annotator saw), who voted what; and the labels that task can take. Admins only: an annotator who saw
     the others' votes would no longer label independently."""
     from labeling.render import safe_markdown
 
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can see the votes of a disputed task.")
     r = next((d for d in A.disputed_tasks(ctx.db) if d["task_id"] == task_id), None)
     if r is None:
         raise UserError(f"Task {escape(str(task_id))} is not disputed (or was resolved already).")
@@ -73,9 +73,8 @@ def dispute_detail(ctx: AppContext, user: User, task_id: str) -> tuple[str, list
     return "\n\n---\n\n".join(parts), FINAL.get(r["kind"], [])
 
 
+@admin_only("import")
 def do_import(ctx: AppContext, user: User, path: str | None, site: str, required, skip_bad: bool, mapping: str):
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can import.")
     if not path:
         raise UserError("Choose a file to import first.")
     from labeling.importer import import_file, parse_mapping
@@ -94,26 +93,23 @@ def do_import(ctx: AppContext, user: User, path: str | None, site: str, required
     return head, report
 
 
+@admin_only("export")
 def do_export(ctx: AppContext, user: User, kind: str, fmt: str, ties: str) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can export.")
-    from labeling.exporter import export
+    from labeling.label_export import export
 
     out = Path(tempfile.mkdtemp(prefix="preflab-export-")) / f"preflab-{kind}.{fmt}"
     export(ctx.db, kind, out, ties=ties)
     return str(out)
 
 
+@admin_only("edit the guidelines")
 def save_guidelines(ctx: AppContext, user: User, text: str) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can edit the guidelines.")
     ctx.db.set_setting("guidelines", text or "")
     return "Guidelines saved; annotators see them on their next page load."
 
 
+@admin_only("manage accounts")
 def add_user(ctx: AppContext, user: User, name: str, password: str, role: str, site: str) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can manage accounts.")
     from labeling.accounts import set_user
 
     try:
@@ -123,9 +119,8 @@ def add_user(ctx: AppContext, user: User, name: str, password: str, role: str, s
     return f"Account {escape(r['name'])} ({r['role']}) {'updated' if r['updated'] else 'created'}."
 
 
+@admin_only("resolve disputes")
 def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can resolve disputes.")
     from labeling.queue import LabelError
 
     try:
@@ -194,43 +189,39 @@ def build(ctx: AppContext) -> None:
         u_msg = gr.Markdown()
         users = gr.Dataframe(label="Accounts", interactive=False)
 
-    def who(request: gr.Request) -> User:
-        return ctx.user(request)
-
-    @friendly
-    def on_refresh(request: gr.Request):
-        user = who(request)
+    @handler(ctx)
+    def on_refresh(user):
         t, s, a, o, md = summary_tables(ctx)
         conflicts = disputes(ctx) if user.is_admin else disputes(ctx).iloc[0:0]
         return md, t, o, s, a, conflicts, accounts(ctx, user), ctx.db.get_setting("guidelines", "")
 
-    @friendly
-    def on_pick(evt: gr.SelectData, request: gr.Request):
+    @handler(ctx)
+    def on_pick(user, evt: gr.SelectData):
         row = evt.row_value if evt is not None else None
         if not row:
             return gr.update(), gr.update(), gr.update()
-        text, finals = dispute_detail(ctx, who(request), row[0])
+        text, finals = dispute_detail(ctx, user, row[0])
         return row[0], gr.update(choices=finals, value=None), text
 
-    @friendly
-    def on_import(path, site, req, skip, mp, request: gr.Request):
-        return do_import(ctx, who(request), path, site, req, skip, mp)
+    @handler(ctx)
+    def on_import(user, path, site, req, skip, mp):
+        return do_import(ctx, user, path, site, req, skip, mp)
 
-    @friendly
-    def on_export(kind, fmt, ties, request: gr.Request):
-        return do_export(ctx, who(request), kind, fmt, ties)
+    @handler(ctx)
+    def on_export(user, kind, fmt, ties):
+        return do_export(ctx, user, kind, fmt, ties)
 
-    @friendly
-    def on_guidelines(text, request: gr.Request):
-        return save_guidelines(ctx, who(request), text)
+    @handler(ctx)
+    def on_guidelines(user, text):
+        return save_guidelines(ctx, user, text)
 
-    @friendly
-    def on_user(name, pw, role, site, request: gr.Request):
-        return add_user(ctx, who(request), name, pw, role, site)
+    @handler(ctx)
+    def on_user(user, name, pw, role, site):
+        return add_user(ctx, user, name, pw, role, site)
 
-    @friendly
-    def on_resolve(tid, value, request: gr.Request):
-        return resolve_task(ctx, who(request), tid, value)
+    @handler(ctx)
+    def on_resolve(user, tid, value):
+        return resolve_task(ctx, user, tid, value)
 
     tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed, users, g_text]
     refresh.click(on_refresh, None, tables, api_name="data_summary")

@@ -1,18 +1,18 @@
 """Label page: good/bad (KTO), blind pairs (DPO) and writing the ideal answer (SFT), keyboard first.
 
 The handlers are plain functions of (state, inputs, user) so they are tested without a browser; `build` only lays
-out components and wires them. Keys (see app/keys.js): a good, x bad, 1/2 pick, 3 tie, 0 both bad,
+out components and wires them, each served labeling first (the app's training job paused, app.priority). Keys (see app/keys.js): a good, x bad, 1/2 pick, 3 tie, 0 both bad,
 ctrl+enter submit, space skip, backspace undo, h guidelines; none act while a text box has focus.
 """
 from __future__ import annotations
 
-import functools
 import html
 import time
 
 import gradio as gr
 
-from app.context import AppContext, User, UserError, friendly
+from app.context import AppContext, User, UserError
+from app.handlers import handler
 from labeling import queue as Q
 from labeling.render import safe_markdown
 
@@ -22,15 +22,6 @@ VALUE_NAMES = {"good": "good", "bad": "bad", "a": "answer A", "b": "answer B", "
 # What the edit menu offers, in the annotator's own terms (pairs: the side they saw, not the stored a/b).
 EDIT_CHOICES = ["good", "bad", "left better", "right better", "tie", "both bad"]
 HEADS = {"single": "**Answer**", "pair": "**Left answer** (1)", "write": "**Draft answer**"}
-
-
-def labeling_request(fn):
-    """Served with the app's training job paused for the few milliseconds it takes (labeling first, app.priority)."""
-    @functools.wraps(fn)
-    def wrapper(ctx: AppContext, *args, **kwargs):
-        with ctx.labeling():
-            return fn(ctx, *args, **kwargs)
-    return wrapper
 
 
 def decision_name(value: str, shown_order: str | None) -> str:
@@ -68,13 +59,11 @@ def _short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-@labeling_request
 def next_view(ctx: AppContext, user: User, mode: str, site: str | None, note: str = "") -> dict:
     task = Q.next_task(ctx.db, user.name, kind=MODES.get(mode, "single"), site=site or None)
     return view(ctx, user, task, mode, note)
 
 
-@labeling_request
 def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, site: str | None,
            text: str | None = None) -> dict:
     """Save the decision for the shown task (committed), then show the next one."""
@@ -99,32 +88,26 @@ def decide(ctx: AppContext, user: User, task: dict | None, key: str, mode: str, 
     except Q.LabelError as e:
         # The lease ran out while the person was away and others finished the task (or it is gone): move on
         # with a sentence instead of leaving them stuck on a task that can no longer take their label.
-        state = ctx.db.fetchone("SELECT n_done >= required FROM tasks WHERE id = ?", [task["task_id"]])
-        if state is None or state[0]:
+        if not Q.needs_labels(ctx.db, task["task_id"]):
             return next_view(ctx, user, mode, site, "Others completed that task while it was on your screen, so "
                              "your label was not needed. Here is the next one.")
         raise UserError(str(e)) from None
     return next_view(ctx, user, mode, site, f"Saved: {decision_name(value, task.get('shown_order'))}.")
 
 
-@labeling_request
 def undo(ctx: AppContext, user: User, mode: str) -> dict:
     task = Q.undo_last(ctx.db, user.name)
     if task is None:
         raise UserError("Nothing to undo.")
-    if task["kind"] == "write":   # give back the text they had written, to fix it rather than start over
-        task["previous_text"] = ctx.db.scalar("""SELECT text FROM annotations WHERE id = (SELECT supersedes
-            FROM annotations WHERE annotator = ? AND value = 'retracted' ORDER BY id DESC LIMIT 1)""", [user.name])
     return view(ctx, user, task, mode, "Undone: that decision is withdrawn; here it is again.")
 
 
-@labeling_request
 def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
     if annotation_id in (None, ""):
         raise UserError("Pick a decision from the history first.")
     if new_value not in EDIT_CHOICES:
         raise UserError(f"Choose what to change decision #{int(annotation_id)} to.")
-    order = ctx.db.scalar("SELECT shown_order FROM annotations WHERE id = ?", [int(annotation_id)])
+    order = Q.shown_order(ctx.db, annotation_id)
     if new_value in ("left better", "right better"):
         if order not in ("ab", "ba"):
             raise UserError(f"Decision #{int(annotation_id)} is not about a pair; choose good or bad.")
@@ -156,8 +139,7 @@ def _progress_html(p: dict) -> str:
 
 def build(ctx: AppContext) -> None:
     def site_choices():
-        return ["(all sites)"] + [r[0] for r in ctx.db.fetchall(
-            "SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
+        return ["(all sites)"] + Q.sites(ctx.db)
 
     task_state = gr.State(None)
     with gr.Row():
@@ -224,30 +206,26 @@ def build(ctx: AppContext) -> None:
             "**Prompt**" + (f" <small>({v['about']})</small>" if v.get("about") else ""),
         )
 
-    def who(request: gr.Request) -> User:
-        return ctx.user(request)
-
     def _site(s):
         return None if s in (None, "(all sites)") else s
 
-    @friendly
-    def on_next(m, s, request: gr.Request):
-        return render(next_view(ctx, who(request), m, _site(s)))
+    @handler(ctx, labeling=True)
+    def on_next(user, m, s):
+        return render(next_view(ctx, user, m, _site(s)))
 
     def make_decider(key: str):
-        @friendly
-        def handler(task, m, s, text, request: gr.Request):
-            return render(decide(ctx, who(request), task, key, m, _site(s), text))
-        handler.__name__ = f"decide_{key}"
-        return handler
+        def decide_key(user, task, m, s, text):
+            return render(decide(ctx, user, task, key, m, _site(s), text))
+        decide_key.__name__ = f"decide_{key}"
+        return handler(ctx, labeling=True)(decide_key)
 
-    @friendly
-    def on_undo(m, request: gr.Request):
-        return render(undo(ctx, who(request), m))
+    @handler(ctx, labeling=True)
+    def on_undo(user, m):
+        return render(undo(ctx, user, m))
 
-    @friendly
-    def on_edit(aid, value, task, m, request: gr.Request):
-        return render(edit(ctx, who(request), aid, value, task, m))
+    @handler(ctx, labeling=True)
+    def on_edit(user, aid, value, task, m):
+        return render(edit(ctx, user, aid, value, task, m))
 
     start.click(on_next, [mode, site], outputs, api_name="label_next")
     mode.change(on_next, [mode, site], outputs, api_name=False)
@@ -258,6 +236,7 @@ def build(ctx: AppContext) -> None:
     b_undo.click(on_undo, [mode], outputs, api_name="label_undo")
     b_edit.click(on_edit, [edit_id, edit_value, task_state, mode], outputs, api_name="label_edit")
 
+    @handler(ctx, user=False)
     def on_pick(evt: gr.SelectData):
         """Clicking a row of the history picks that decision for editing."""
         row = evt.row_value if evt is not None else None
@@ -265,15 +244,18 @@ def build(ctx: AppContext) -> None:
 
     hist.select(on_pick, None, edit_id, api_name=False)
 
-    @friendly
-    def on_whoami(request: gr.Request):
-        u = who(request)
+    @handler(ctx)
+    def on_whoami(u):
         site = f", {html.escape(u.site)}" if u.site else ""
         return f"Signed in as **{html.escape(u.name)}** ({u.role}{site})" if ctx.auth_required else ""
 
+    @handler(ctx, user=False)
+    def on_page_load():
+        """Sites imported and guidelines edited since the page was built."""
+        return gr.update(choices=site_choices()), guidelines(ctx)
+
     def on_load(demo):
         demo.load(on_next, [mode, site], outputs, api_name=False)
-        demo.load(lambda: gr.update(choices=site_choices()), None, site, api_name=False)   # sites imported since
-        demo.load(lambda: guidelines(ctx), None, guide_md, api_name=False)
+        demo.load(on_page_load, None, [site, guide_md], api_name=False)
         demo.load(on_whoami, None, whoami, api_name=False)
     return on_load

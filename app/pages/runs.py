@@ -7,28 +7,23 @@ import gradio as gr
 import pandas as pd
 
 from app import charts
-from app.context import AppContext, UserError, friendly
+from app.context import AppContext, UserError, admin_only, require_admin
+from app.handlers import handler
+from labeling import runs
 from storage import rundir
-
-
-def runs_table(ctx: AppContext) -> pd.DataFrame:
-    return ctx.db.reader().df("""SELECT id AS run, name, kind, algorithm, state, step || ' / ' || coalesce(total_steps, 0) AS progress,
-                               strftime(created_at, '%Y-%m-%d %H:%M') AS created, coalesce(error, '') AS error
-                        FROM runs ORDER BY created_at DESC""")
 
 
 def status_line(ctx: AppContext, run_id: str | None) -> str:
     if not run_id:
         return "Pick a run."
     db = ctx.db.reader()       # read on the page's own cursor: a refresh never holds up a label being saved
-    row = db.fetchone("SELECT state, step, total_steps, error, run_dir, algorithm, origin FROM runs WHERE id = ?",
-                      [run_id])
-    if row is None:
+    r = runs.run(db, run_id)
+    if r is None:
         return f"There is no run {run_id}."
-    state, step, total, error, run_dir, algo, origin = row
-    st = rundir.read_status(run_dir) or {}
-    parts = [f"**{run_id}** ({algo}) is **{state}**: step {step} of {total or '?'}"]
-    if origin == "external":
+    state, error = r["state"], r["error"]
+    st = rundir.read_status(r["run_dir"]) or {}
+    parts = [f"**{run_id}** ({r['algorithm']}) is **{state}**: step {r['step']} of {r['total_steps'] or '?'}"]
+    if r["origin"] == "external":
         parts.append("Started outside the app (a Flower coordinator): followed here, stopped where it was started; "
                      "per-example values (m_θ) stay at the sites.")
     if state == "running" and st.get("eta_s") is not None:
@@ -52,8 +47,7 @@ def figures(ctx: AppContext, run_id: str | None) -> list:
 
 
 def act(ctx: AppContext, user, action: str, run_id: str | None) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can {action} runs.")
+    require_admin(user, f"{action} runs")
     if not run_id:
         raise UserError("Pick a run first.")
     sup = ctx.supervisor
@@ -68,48 +62,50 @@ def act(ctx: AppContext, user, action: str, run_id: str | None) -> str:
     if action == "new":
         import json
 
-        from app.jobs import create_run
+        from app.launch import create_run
         from labeling.dataset import training_rows
         from training.config import JobConfig
 
-        row = ctx.db.fetchone("SELECT config, name FROM runs WHERE id = ?", [run_id])
-        cfg = JobConfig.from_dict(json.loads(row[0]))
+        r = runs.run(ctx.db, run_id)
+        if r is None:
+            raise UserError(f"There is no run {run_id}.")
+        cfg = JobConfig.from_dict(json.loads(r["config"]))
         data = training_rows(ctx.db, cfg.data_kind)   # today's labels: new ones are included
-        new = create_run(ctx, cfg, data, name=f"{row[1]} (again)", parent_id=run_id, eval_fraction=0.1)
+        new = create_run(ctx, cfg, data, name=f"{r['name']} (again)", parent_id=run_id, eval_fraction=0.1)
         return f"New run {new} queued with the same settings and today's labels."
     raise UserError(f"Unknown action {action}.")
 
 
+@admin_only("export models")
 def export(ctx: AppContext, user, run_id: str | None, kind: str) -> str:
-    """Zip of the run's adapter (PEFT folder) or merged model with its model card; admins only."""
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can export models.")
+    """Zip of the run's adapter (PEFT folder) or merged model with its model card."""
     if not run_id:
         raise UserError("Pick a run first.")
     from pathlib import Path
 
     from storage.snapshots import load_snapshot
-    from training.export import ExportError, export_run
+    from training.model_export import ExportError, export_run
 
-    row = ctx.db.fetchone("SELECT run_dir, snapshot_id, state, name FROM runs WHERE id = ?", [run_id])
-    if row is None:
+    r = runs.run(ctx.db, run_id)
+    if r is None:
         raise UserError(f"There is no run {run_id}.")
-    if row[2] != "finished":
-        raise UserError(f"Run {run_id} is {row[2]}; export it once it has finished.")
+    if r["state"] != "finished":
+        raise UserError(f"Run {run_id} is {r['state']}; export it once it has finished.")
     counts = {}
-    if row[1]:
-        snap = load_snapshot(ctx.db, row[1])
+    if r["snapshot_id"]:
+        snap = load_snapshot(ctx.db, r["snapshot_id"])
         counts = snap["site"].fillna("(no site)").value_counts().to_dict()
     try:
-        r = export_run(Path(row[0]), ctx.exports_dir / f"{run_id}-{kind}", form=kind,
-                       info={"run_id": run_id, "run_name": row[3], "snapshot_id": row[1], "label_counts": counts})
+        out = export_run(Path(r["run_dir"]), ctx.exports_dir / f"{run_id}-{kind}", form=kind,
+                         info={"run_id": run_id, "run_name": r["name"], "snapshot_id": r["snapshot_id"],
+                               "label_counts": counts})
     except ExportError as e:
         raise UserError(str(e)) from None
-    return r["zip"]
+    return out["zip"]
 
 
 def build(ctx: AppContext) -> None:
-    table = gr.Dataframe(runs_table(ctx), interactive=False, label="Runs", elem_id="runs-table")
+    table = gr.Dataframe(runs.run_table(ctx.db.reader()), interactive=False, label="Runs", elem_id="runs-table")
     with gr.Row():
         run = gr.Dropdown(choices=[], label="Run", elem_id="runs-select", scale=2, allow_custom_value=True)
         b_stop = gr.Button("Stop", size="sm", elem_id="runs-stop")
@@ -133,27 +129,31 @@ def build(ctx: AppContext) -> None:
     timer = gr.Timer(2.0)
 
     def choices():
-        return [r[0] for r in ctx.db.reader().fetchall("SELECT id FROM runs ORDER BY created_at DESC")]
+        return runs.run_ids(ctx.db.reader())
 
-    @friendly
+    @handler(ctx, user=False)
     def refresh(run_id):
         ids = choices()
         if run_id not in ids:
             run_id = ids[0] if ids else None
-        return (runs_table(ctx), gr.update(choices=ids, value=run_id), status_line(ctx, run_id),
+        return (runs.run_table(ctx.db.reader()), gr.update(choices=ids, value=run_id), status_line(ctx, run_id),
                 *figures(ctx, run_id), charts.extreme_instances(ctx.db.reader(), run_id) if run_id else pd.DataFrame())
 
     outputs = [table, run, status, *plots, extreme]
     timer.tick(refresh, run, outputs, api_name=False, show_progress="hidden")
     run.select(refresh, run, outputs, api_name=False)
 
-    def on_export(run_id, kind, request: gr.Request):
-        return export(ctx, ctx.user(request), run_id, kind)
+    @handler(ctx)
+    def on_export(user, run_id, kind):
+        return export(ctx, user, run_id, kind)
 
-    b_export.click(friendly(on_export), [run, exp_kind], exp_file, api_name="run_export")
+    b_export.click(on_export, [run, exp_kind], exp_file, api_name="run_export")
+
+    def make_action(action: str):
+        def run_action(user, run_id):
+            return act(ctx, user, action, run_id)
+        run_action.__name__ = f"run_{action}"
+        return handler(ctx)(run_action)
 
     for btn, action in ((b_stop, "stop"), (b_resume, "resume"), (b_delete, "delete"), (b_new, "new")):
-        def handler(run_id, request: gr.Request, _a=action):
-            return act(ctx, ctx.user(request), _a, run_id)
-        handler.__name__ = f"run_{action}"
-        btn.click(friendly(handler), run, msg, api_name=f"run_{action}")
+        btn.click(make_action(action), run, msg, api_name=f"run_{action}")

@@ -2,26 +2,20 @@
 Also starts generation jobs that fill the labeling queues with the model's own answers."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 import pandas as pd
 
-from app.context import AppContext, User, UserError, friendly
-from app.jobs import create_run
-from app.preflight import ALGO_NAMES, check
-from labeling.dataset import training_rows
-from training.config import DATA_KIND, FederatedConfig, JobConfig, LoraConfig
+from app.context import AppContext, User, UserError, admin_only
+from app.handlers import handler
+from app.launch import create_run
+from app.preflight import check
+from labeling import queue as Q
+from labeling import runs
+from labeling.dataset import annotator_names, prompts_to_answer, training_rows
+from training import algorithms
+from training.config import AGGREGATORS, FederatedConfig, JobConfig, LoraConfig
 
-EXPLAIN = {
-    "sft": "SFT: imitate the written / good answers.",
-    "minor_sft": "MinorSFT: SFT that slows down on answers the model already prefers (stays closer to the base).",
-    "dpo": "DPO: from pairs, make the chosen answer more likely than the rejected one, relative to the base.",
-    "eps_dpo": "ε-DPO: DPO whose β adapts per example and over training (watch the β trajectory).",
-    "mrpo": "MRPO: DPO against several references at once (the base plus earlier runs).",
-    "kto": "KTO: from single good/bad labels; no pairs needed.",
-}
-PARAMS = [  # (field, label, one-line help)
+PARAMS = [  # (JobConfig field, label, one-line help); the form's box for each is made from this list
     ("beta", "β", "How strongly to stay close to the reference (larger = more conservative). Default 0.1."),
     ("learning_rate", "Learning rate", "Step size; lower it if the loss jumps or turns NaN."),
     ("batch_size", "Batch size", "Examples per step (KTO needs at least 2)."),
@@ -36,6 +30,13 @@ PARAMS = [  # (field, label, one-line help)
     ("desirable_weight", "λ good (KTO)", "Weight of good examples; filled from the class balance."),
     ("undesirable_weight", "λ bad (KTO)", "Weight of bad examples."),
 ]
+# Settings some algorithm names as its own (training/algorithms.py); the others apply to every algorithm.
+OWN_SETTINGS = {f for a in algorithms.ALGORITHMS.values() for f in a.settings}
+
+
+def applies(algorithm: str, field: str) -> bool:
+    """Whether a setting is shown for, and read from the form for, `algorithm`."""
+    return field not in OWN_SETTINGS or field in algorithms.get(algorithm).settings
 
 
 def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement, since: str = "",
@@ -53,28 +54,37 @@ def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement,
             raise UserError(f"{field}: {text[:40]!r} is not a date; write it as YYYY-MM-DD.") from None
         return dt.datetime.combine(d, dt.time.max if end else dt.time.min)
 
-    return training_rows(ctx.db, DATA_KIND[algorithm], sites=sites or None, annotators=annotators or None,
+    return training_rows(ctx.db, algorithms.get(algorithm).data_kind, sites=sites or None, annotators=annotators or None,
                          since=day(since, "Labeled from", False), until=day(until, "Labeled until", True),
                          min_agreement=min_agreement or None)
 
 
-def build_config(ctx: AppContext, algorithm: str, model: str, use_lora: bool, lora_r, loss_type: str,
-                 references: list[str] | None, values: dict, federated: dict | None = None) -> JobConfig:
-    cfg = JobConfig(algorithm=algorithm, model=model or str(ctx.default_model()),
-                    lora=LoraConfig(r=int(lora_r or 8), alpha=2 * int(lora_r or 8)) if use_lora else None,
-                    loss_type=loss_type or "sigmoid",
-                    references=[str(ctx.runs_dir / r / "adapter") for r in (references or [])])
-    for field, _, _ in PARAMS:
-        v = values.get(field)
-        if v is not None:
-            cur = getattr(cfg, field)
-            setattr(cfg, field, type(cur)(v) if isinstance(cur, (int, float)) else v)
-    if federated and federated.get("enabled"):
-        cfg.federated = FederatedConfig(rounds=int(federated["rounds"]), local_steps=int(federated["local_steps"]),
-                                        clients_per_round=int(federated["clients_per_round"] or 0),
-                                        aggregator=federated["aggregator"], mu=float(federated["mu"]),
-                                        setting=federated["setting"])
+def build_config(ctx: AppContext, form: dict) -> JobConfig:
+    """The job a filled-in form describes. `form` holds algorithm, model, use_lora, lora_r, loss_type, references
+    (run ids), a value per PARAMS field and `federated` (enabled plus FederatedConfig fields); a missing or empty
+    value, or a setting that does not apply to the algorithm, keeps the JobConfig default."""
+    algorithm = form.get("algorithm") or "dpo"
+    lora_r = int(form.get("lora_r") or 8)
+    cfg = JobConfig(algorithm=algorithm, model=form.get("model") or str(ctx.default_model()),
+                    lora=LoraConfig(r=lora_r, alpha=2 * lora_r) if form.get("use_lora", True) else None)
+    if applies(algorithm, "loss_type"):
+        cfg.loss_type = form.get("loss_type") or cfg.loss_type
+    if applies(algorithm, "references"):
+        cfg.references = [str(ctx.runs_dir / r / "adapter") for r in form.get("references") or []]
+    _fill(cfg, {field: form.get(field) for field, _, _ in PARAMS if applies(algorithm, field)})
+    federated = form.get("federated") or {}
+    if federated.get("enabled"):
+        cfg.federated = FederatedConfig()
+        _fill(cfg.federated, {k: v for k, v in federated.items() if k != "enabled"})
     return cfg
+
+
+def _fill(config, values: dict) -> None:
+    """Set a config's fields from form values, as the field's type (number boxes give floats); None is skipped."""
+    for field, v in values.items():
+        if v is not None:
+            cur = getattr(config, field)
+            setattr(config, field, type(cur)(v) if isinstance(cur, (int, float)) else v)
 
 
 def site_preview(cfg: JobConfig, data: pd.DataFrame) -> str:
@@ -105,7 +115,7 @@ def preview(ctx: AppContext, cfg: JobConfig, data: pd.DataFrame) -> tuple[str, f
         pass
     r = check(cfg, data, ctx.home, tok)
     f = r["facts"]
-    lines = [f"**{ALGO_NAMES[cfg.algorithm]}** on **{f['rows']}** examples"
+    lines = [f"**{algorithms.get(cfg.algorithm).title}** on **{f['rows']}** examples"
              + (f" ({f['good']} good, {f['bad']} bad)" if "good" in f else "")
              + (f" from sites: {', '.join(sorted(data['site'].dropna().unique()))}" if not data.empty else "") + "."]
     if "suggested_desirable_weight" in f:
@@ -117,10 +127,9 @@ def preview(ctx: AppContext, cfg: JobConfig, data: pd.DataFrame) -> tuple[str, f
     return "  \n".join(lines), f.get("suggested_desirable_weight")
 
 
+@admin_only("start training")
 def start_training(ctx: AppContext, user: User, cfg: JobConfig, data: pd.DataFrame, name: str,
                    eval_fraction: float, filters: dict) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can start training.")
     r = check(cfg, data, ctx.home)
     if not r["ok"]:
         raise UserError("Not started: " + " ".join(r["problems"]))
@@ -128,13 +137,10 @@ def start_training(ctx: AppContext, user: User, cfg: JobConfig, data: pd.DataFra
     return f"Run **{run_id}** queued. Watch it on the Runs page."
 
 
+@admin_only("start generation")
 def start_generation(ctx: AppContext, user: User, n_prompts: int, samples: int, max_new_tokens: int,
                      only_unlabeled: bool, model: str) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can start generation.")
-    where = "WHERE p.id NOT IN (SELECT prompt_id FROM tasks WHERE response_a IS NOT NULL)" if only_unlabeled else ""
-    prompts = ctx.db.df(f"SELECT p.id AS prompt_id, p.text AS prompt, p.site FROM prompts p {where} "
-                        f"ORDER BY p.created_at LIMIT ?", [int(n_prompts)])
+    prompts = prompts_to_answer(ctx.db, n_prompts, only_unlabeled)
     if prompts.empty:
         raise UserError("There are no prompts to answer (import some on the Data page).")
     cfg = JobConfig(kind="generate", model=model or str(ctx.default_model()), num_samples=int(samples),
@@ -143,19 +149,28 @@ def start_generation(ctx: AppContext, user: User, n_prompts: int, samples: int, 
     return f"Generation job **{run_id}** queued: its answers join the Label page's queues when it finishes."
 
 
-def build(ctx: AppContext) -> None:
-    sites = [r[0] for r in ctx.db.fetchall("SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
-    annotators = [r[0] for r in ctx.db.fetchall("SELECT DISTINCT annotator FROM annotations ORDER BY 1")]
-    defaults = JobConfig(model="x")
+def build(ctx: AppContext):
+    def site_choices():
+        return Q.sites(ctx.db)
+
+    def annotator_choices():
+        return annotator_names(ctx.db)
+
+    def reference_choices():
+        """Finished training runs with an adapter: MRPO's possible extra references."""
+        return [r for r in runs.run_ids(ctx.db, kind="train", state="finished")
+                if (ctx.runs_dir / r / "adapter").exists()]
+
+    defaults, fed_defaults, first = JobConfig(model="x"), FederatedConfig(), "dpo"
     with gr.Row():
-        algorithm = gr.Radio([(ALGO_NAMES[a], a) for a in EXPLAIN], value="dpo", label="Algorithm",
-                             elem_id="train-algorithm", scale=3)
+        algorithm = gr.Radio([(a.title, a.name) for a in algorithms.ALGORITHMS.values()], value=first,
+                             label="Algorithm", elem_id="train-algorithm", scale=3)
         name = gr.Textbox(label="Run name (optional)", scale=1)
-    explain = gr.Markdown(EXPLAIN["dpo"])
+    explain = gr.Markdown(algorithms.get(first).explanation)
     with gr.Accordion("Data", open=True):
         with gr.Row():
-            f_sites = gr.Dropdown(sites, multiselect=True, label="Sites (empty = all)")
-            f_ann = gr.Dropdown(annotators, multiselect=True, label="Annotators (empty = all)")
+            f_sites = gr.Dropdown([], multiselect=True, label="Sites (empty = all)")
+            f_ann = gr.Dropdown([], multiselect=True, label="Annotators (empty = all)")
             f_agree = gr.Slider(0, 1, value=0, step=0.05, label="Minimum agreement")
             f_since = gr.Textbox(label="Labeled from (YYYY-MM-DD)", placeholder="any time")
             f_until = gr.Textbox(label="Labeled until (YYYY-MM-DD)", placeholder="any time")
@@ -166,26 +181,28 @@ def build(ctx: AppContext) -> None:
             use_lora = gr.Checkbox(value=True, label="LoRA (train a small adapter; uncheck for full fine-tuning)")
             lora_r = gr.Number(value=8, precision=0, label="LoRA rank")
         refs = gr.Dropdown([], multiselect=True, label="MRPO: earlier runs as extra references",
-                           elem_id="train-references")
+                           elem_id="train-references", visible=applies(first, "references"))
     with gr.Accordion("Settings", open=False):
-        loss_type = gr.Dropdown(["sigmoid", "ipo", "hinge"], value="sigmoid", label="DPO variant",
-                                info="sigmoid = DPO, ipo = IPO, hinge = SLiC-style hinge")
+        loss_type = gr.Dropdown(["sigmoid", "ipo", "hinge"], value=defaults.loss_type, label="DPO variant",
+                                info="sigmoid = DPO, ipo = IPO, hinge = SLiC-style hinge",
+                                visible=applies(first, "loss_type"))
         boxes = {}
         with gr.Row():
-            for i, (field, label, help_) in enumerate(PARAMS):
-                boxes[field] = gr.Number(value=getattr(defaults, field), label=label, info=help_, min_width=180)
+            for field, label, help_ in PARAMS:
+                boxes[field] = gr.Number(value=getattr(defaults, field), label=label, info=help_, min_width=180,
+                                         visible=applies(first, field))
     with gr.Accordion("Federated across sites (only LoRA weights travel)", open=False):
         with gr.Row():
             fed_on = gr.Checkbox(value=False, label="Train federated: one client per site")
             fed_setting = gr.Radio([("KTO-O: labels stay at their site", "kto-o"),
-                                    ("KTO-R: unpaired rows redistributed across sites", "kto-r")], value="kto-o",
-                                   label="Data setting")
-            fed_agg = gr.Dropdown(["fedavg", "fedprox", "fedadam", "fedyogi"], value="fedavg", label="Aggregator")
+                                    ("KTO-R: unpaired rows redistributed across sites", "kto-r")],
+                                   value=fed_defaults.setting, label="Data setting")
+            fed_agg = gr.Dropdown(list(AGGREGATORS), value=fed_defaults.aggregator, label="Aggregator")
         with gr.Row():
-            fed_rounds = gr.Number(value=5, precision=0, label="Rounds")
-            fed_k = gr.Number(value=0, precision=0, label="Sites per round (0 = all)")
-            fed_local = gr.Number(value=5, precision=0, label="Local steps per round")
-            fed_mu = gr.Number(value=0.01, label="FedProx μ")
+            fed_rounds = gr.Number(value=fed_defaults.rounds, precision=0, label="Rounds")
+            fed_k = gr.Number(value=fed_defaults.clients_per_round, precision=0, label="Sites per round (0 = all)")
+            fed_local = gr.Number(value=fed_defaults.local_steps, precision=0, label="Local steps per round")
+            fed_mu = gr.Number(value=fed_defaults.mu, label="FedProx μ")
     with gr.Row():
         b_check = gr.Button("Preview & check", elem_id="train-check")
         b_train = gr.Button("Train", variant="primary", elem_id="train-start")
@@ -193,53 +210,62 @@ def build(ctx: AppContext) -> None:
     with gr.Accordion("Generate answers to label", open=False):
         with gr.Row():
             g_n = gr.Number(value=20, precision=0, label="Prompts")
-            g_k = gr.Number(value=2, precision=0, label="Answers per prompt")
-            g_tok = gr.Number(value=128, precision=0, label="Max new tokens")
+            g_k = gr.Number(value=defaults.num_samples, precision=0, label="Answers per prompt")
+            g_tok = gr.Number(value=defaults.max_new_tokens, precision=0, label="Max new tokens")
             g_only = gr.Checkbox(value=True, label="Only prompts without answers")
         g_btn = gr.Button("Generate", elem_id="train-generate")
         g_msg = gr.Markdown()
 
-    fields = list(boxes)
-    fed_inputs = [fed_on, fed_setting, fed_agg, fed_rounds, fed_k, fed_local, fed_mu]
+    # The form by name: handlers get its values as a dict (a new setting is one PARAMS entry).
+    form = {"algorithm": algorithm, "name": name, "sites": f_sites, "annotators": f_ann, "min_agreement": f_agree,
+            "since": f_since, "until": f_until, "eval_fraction": f_eval, "model": model, "use_lora": use_lora,
+            "lora_r": lora_r, "loss_type": loss_type, "references": refs, **boxes,
+            "federated": {"enabled": fed_on, "setting": fed_setting, "aggregator": fed_agg, "rounds": fed_rounds,
+                          "clients_per_round": fed_k, "local_steps": fed_local, "mu": fed_mu}}
+    form_inputs = {c for c in form.values() if not isinstance(c, dict)} | set(form["federated"].values())
 
-    def _cfg(algo, mdl, lora, r, lt, rf, *vals):
-        vals, fed = vals[: len(fields)], vals[len(fields):]
-        fd = dict(zip(["enabled", "setting", "aggregator", "rounds", "clients_per_round", "local_steps", "mu"], fed))
-        return build_config(ctx, algo, mdl, lora, r, lt, rf, dict(zip(fields, vals)), fd)
+    def read(values: dict) -> tuple[JobConfig, pd.DataFrame, dict]:
+        """The config and the selected labels from the form's values (Gradio gives {component: value})."""
+        f = {k: ({kk: values[cc] for kk, cc in c.items()} if isinstance(c, dict) else values[c])
+             for k, c in form.items()}
+        data = selection(ctx, f["algorithm"], f["sites"], f["annotators"], f["min_agreement"], f["since"], f["until"])
+        return build_config(ctx, f), data, f
 
-    @friendly
-    def on_check(algo, s, a, agree, since, until, mdl, lora, r, lt, rf, *vals):
-        cfg = _cfg(algo, mdl, lora, r, lt, rf, *vals)
-        data = selection(ctx, algo, s, a, agree, since, until)
+    @handler(ctx, user=False)
+    def on_check(values):
+        cfg, data, _ = read(values)
         text, lam = preview(ctx, cfg, data)
         if cfg.federated is not None:
             text += "\n\n" + site_preview(cfg, data)
         return text, (lam if lam is not None else gr.update())
 
-    @friendly
-    def on_train(request: gr.Request, algo, s, a, agree, since, until, ev, nm, mdl, lora, r, lt, rf, *vals):
-        user = ctx.user(request)
-        cfg = _cfg(algo, mdl, lora, r, lt, rf, *vals)
-        data = selection(ctx, algo, s, a, agree, since, until)
-        return start_training(ctx, user, cfg, data, nm, ev, {"sites": s, "annotators": a, "min_agreement": agree,
-                                                             "since": since or None, "until": until or None})
+    @handler(ctx)
+    def on_train(user, values):
+        cfg, data, f = read(values)
+        filters = {"sites": f["sites"], "annotators": f["annotators"], "min_agreement": f["min_agreement"],
+                   "since": f["since"] or None, "until": f["until"] or None}
+        return start_training(ctx, user, cfg, data, f["name"], f["eval_fraction"], filters)
 
-    @friendly
-    def on_generate(n, k, tok, only, mdl, request: gr.Request):
-        return start_generation(ctx, ctx.user(request), n, k, tok, only, mdl)
+    @handler(ctx)
+    def on_generate(user, n, k, tok, only, mdl):
+        return start_generation(ctx, user, n, k, tok, only, mdl)
 
+    @handler(ctx, user=False)
     def on_algo(algo):
-        finished = [r[0] for r in ctx.db.fetchall(
-            "SELECT id FROM runs WHERE state = 'finished' AND kind = 'train' ORDER BY created_at DESC")
-            if (ctx.runs_dir / r[0] / "adapter").exists()]
-        return EXPLAIN[algo], gr.update(choices=finished, visible=algo == "mrpo")
+        """The explanation, and only the settings that apply to this algorithm."""
+        return (algorithms.get(algo).explanation,
+                gr.update(choices=reference_choices(), visible=applies(algo, "references")),
+                gr.update(visible=applies(algo, "loss_type")),
+                *(gr.update(visible=applies(algo, field)) for field in boxes))
 
-    common = [algorithm, f_sites, f_ann, f_agree, f_since, f_until]
-    model_in = [model, use_lora, lora_r, loss_type, refs]
-    algorithm.change(on_algo, algorithm, [explain, refs], api_name=False)
-    b_check.click(on_check, common + model_in + [boxes[f] for f in fields] + fed_inputs,
-                  [report, boxes["desirable_weight"]],
-                  api_name="train_check")
-    b_train.click(on_train, common + [f_eval, name] + model_in + [boxes[f] for f in fields] + fed_inputs, report,
-                  api_name="train_start")
+    @handler(ctx, user=False)
+    def on_page_load():
+        """Sites, annotators and finished runs as they are now, not as they were when the app started."""
+        return (gr.update(choices=site_choices()), gr.update(choices=annotator_choices()),
+                gr.update(choices=reference_choices()))
+
+    algorithm.change(on_algo, algorithm, [explain, refs, loss_type, *boxes.values()], api_name=False)
+    b_check.click(on_check, form_inputs, [report, boxes["desirable_weight"]], api_name="train_check")
+    b_train.click(on_train, form_inputs, report, api_name="train_start")
     g_btn.click(on_generate, [g_n, g_k, g_tok, g_only, model], g_msg, api_name="generate_start")
+    return lambda demo: demo.load(on_page_load, None, [f_sites, f_ann, refs], api_name=False)

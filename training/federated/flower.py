@@ -1,6 +1,7 @@
 """Federated training across machines with Flower's Deployment Engine: the coordinator runs a SuperLink, each site
-a SuperNode beside its own Preflab. The apps below wrap the same two steps as the one-machine simulation:
-`SiteClient.fit` at each site (client_app) and `aggregate` at the coordinator (server_app).
+a SuperNode beside its own Preflab. The apps wrap the same two steps as the one-machine simulation: `SiteClient.fit`
+at each site (`site_round`, called by the ClientApp in app/flower_site.py, which reads the site's own labels) and
+the round loop of rounds.py at the coordinator (`server_app`).
 
 What crosses the wire: the global LoRA tensors and the job's settings (coordinator -> site); each site's new LoRA
 tensors, its example count and its per-step training scalars (site -> coordinator). Rows, prompts, answers, example
@@ -8,9 +9,9 @@ ids and per-example values never leave the site.
 
 Coordinator: a run directory holding config.json (a JobConfig with `federated`), then
     python -m training.federated.flower RUN_DIR --superlink HOST:PORT [--root-certificates ca.pem | --insecure]
-Site (a SuperNode; keys of --node-config are read by `site_rows` and `_site`):
+Site (a SuperNode; keys of --node-config are read by app/flower_site.py's `site_rows` and by `_site`):
     flower-supernode --superlink HOST:PORT --node-config "site='plant-a' db='/srv/preflab/data/preflab.duckdb'"
-README.md, "Federated training across machines (Flower)", has the whole setup with TLS and node authentication.
+docs/federated.md has the whole setup with TLS and node authentication.
 """
 from __future__ import annotations
 
@@ -18,74 +19,40 @@ import argparse
 import copy
 import json
 import os
-import random
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Callable
 
+import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from storage import rundir
 from training.config import JobConfig
+from training.runtime import JobError, Status, explain, heartbeat, seed_everything, site_dirname
 
 ROOT = Path(__file__).resolve().parents[2]          # the Preflab folder: must be on PYTHONPATH of every Flower process
 APP_DIR = Path(__file__).resolve().parent / "flower-app"
 
 server_app = ServerApp()
-client_app = ClientApp()
 
 
 # -- site ---------------------------------------------------------------------------------------------------------
-def site_rows(node_config: dict, data_kind: str):
-    """The site's own training rows: from its Preflab database (node config `db`, opened read-only, with the same
-    majority rule as the app's snapshots), or from a Parquet the site exported (`data`). This SuperNode process is
-    the one place training reads a database: it runs at the site, for the site, and sends no row anywhere."""
-    import pandas as pd
-
-    from training.federated import partition
-
-    if node_config.get("data"):
-        df = pd.read_parquet(str(node_config["data"]))
-    elif node_config.get("db"):
-        from labeling.dataset import training_rows
-        from storage.db import Database
-
-        path = Path(str(node_config["db"]))
-        if not path.exists():
-            raise FileNotFoundError(f"No Preflab database at {path} (node config db).")
-        try:
-            db = Database(path, read_only=True)
-        except RuntimeError:
-            raise RuntimeError(f"{path} is in use by the Preflab app. Stop the app for the first round, or export "
-                               "the labels (Data page, Parquet) and give the file as node config data=.") from None
-        try:
-            df = training_rows(db, data_kind)
-        finally:
-            db.close()
-    else:
-        raise ValueError("This SuperNode has no data: start it with --node-config \"site='NAME' db='PATH'\" "
-                         "(its Preflab database) or data='PATH' (a Parquet of training rows).")
-    return partition.to_unpaired(df) if data_kind == "unpaired" else df
-
-
 _SITE: dict = {}   # run id -> SiteClient: the model loads once per process, however many rounds it serves
 
 
-def _site(context: Context, cfg: JobConfig):
+def _site(context: Context, cfg: JobConfig, read_rows: Callable[[dict, str], pd.DataFrame]):
     """This site's client for the run. Under the Deployment Engine every round may come in a fresh process, so
     the rows are frozen in the site's work folder on first use (later label edits do not change a running run)
     and the trainer resumes from its own checkpoint there (optimizer, schedule, data order)."""
-    from training.federated.simulation import SiteClient, _safe
+    from training.federated import partition
+    from training.federated.simulation import SiteClient
 
     if context.run_id not in _SITE:
-        import pandas as pd
-
         nc = context.node_config
         name = str(nc.get("site") or "")
         if not name:
@@ -94,29 +61,32 @@ def _site(context: Context, cfg: JobConfig):
         work = Path(str(nc.get("workdir") or source.resolve().parent / "federated")) / f"flower-run-{context.run_id}"
         cfg = copy.deepcopy(cfg)
         cfg.model = str(nc.get("model") or cfg.model)   # the same base model, wherever this site keeps it
-        frozen = work / "sites" / _safe(name) / rundir.TRAIN_DATA
-        rows = pd.read_parquet(frozen) if frozen.exists() else site_rows(nc, cfg.data_kind)
+        frozen = work / "sites" / site_dirname(name) / rundir.TRAIN_DATA
+        if frozen.exists():
+            rows = pd.read_parquet(frozen)
+        else:
+            rows = read_rows(nc, cfg.data_kind)
+            rows = partition.to_unpaired(rows) if cfg.data_kind == "unpaired" else rows
         _SITE.clear()
         _SITE[context.run_id] = SiteClient(name, rows, cfg, work)
     return _SITE[context.run_id]
 
 
-@client_app.train()
-def train(msg: Message, context: Context) -> Message:
-    """One round at this site: local_steps from the global adapter on the site's own rows."""
+def site_round(msg: Message, context: Context, read_rows: Callable[[dict, str], pd.DataFrame]) -> Message:
+    """One round at a site: local_steps from the global adapter on the site's own rows, which
+    `read_rows(node_config, data_kind)` gives (the site's ClientApp, app/flower_site.py, reads its database)."""
     cfg = JobConfig.from_dict(json.loads(str(msg.content["config"]["job"])))
     f = cfg.federated
-    site = _site(context, cfg)
-    state, scalars, instances = site.fit(msg.content["lora"].to_torch_state_dict(), f.local_steps,
-                                         f.mu if f.aggregator == "fedprox" else 0.0)
+    site = _site(context, cfg, read_rows)
+    update, instances = site.fit(msg.content["lora"].to_torch_state_dict(), f.local_steps, f.proximal_mu)
     tr = site.trainer
     if instances:   # per-example values stay here, for the site's own charts
         rundir.write_instances(tr.run_dir, tr.step, instances)
     tr.save_checkpoint()
-    reply = RecordDict({"lora": ArrayRecord.from_torch_state_dict(state),
+    reply = RecordDict({"lora": ArrayRecord.from_torch_state_dict(update.state),
                         "site": ConfigRecord({"name": site.name}),
-                        "fit": MetricRecord({"num-examples": site.n})})
-    for i, s in enumerate(scalars):
+                        "fit": MetricRecord({"num-examples": update.n_examples})})
+    for i, s in enumerate(update.scalars):
         reply[f"step-{i}"] = MetricRecord({k: float(v) for k, v in s.items()})
     return Message(reply, reply_to=msg)
 
@@ -125,9 +95,8 @@ def train(msg: Message, context: Context) -> Message:
 def initial_model(cfg: JobConfig):
     """The base model with the run's LoRA adapter, seeded exactly as a Trainer seeds it: the global start."""
     from training.modeling import add_lora, load_model
-    from training.trainer import _seed_everything
 
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     return add_lora(load_model(cfg.model), cfg.lora, cfg.adapter_init)
 
 
@@ -140,21 +109,14 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_federated_flower(grid: Grid, run_dir: Path, min_sites: int = 2, wait_s: float = 600,
                          round_timeout_s: float = 3600) -> str:
-    """The ServerApp's loop, writing the run directory exactly as `run_federated` does (metrics.jsonl lines with
-    site and round, status.json with a heartbeat, adapter/ at the end) so the Runs page reads it the same way."""
-    from training.__main__ import _explain
-    from training.federated.aggregators import ServerOptimizer, aggregate
-    from training.modeling import load_trainable_state, trainable_state
-    from training.trainer import JobError, _heartbeat
+    """The ServerApp: the same round loop as `run_federated` (rounds.py), its rounds sent to the SuperNodes, so
+    the run directory reads the same on the Runs page (metrics with site and round, status with a heartbeat,
+    adapter/ at the end)."""
+    from training.federated.rounds import SiteUpdate, run_rounds
 
-    lock = threading.Lock()
-
-    def status(**fields) -> None:   # one writer at a time: the heartbeat thread must not undo a final state
-        with lock:
-            rundir.write_status(run_dir, **fields)
-
+    status = Status(run_dir)
     status(state="running", pid=os.getpid(), error=None, phase="starting")
-    stop_beat = _heartbeat(status)
+    stop_beat = heartbeat(status)
     try:
         cfg = JobConfig.load(run_dir / rundir.CONFIG)
         f = cfg.federated
@@ -164,17 +126,10 @@ def run_federated_flower(grid: Grid, run_dir: Path, min_sites: int = 2, wait_s: 
             raise JobError("KTO-R moves labels between sites, which cannot happen across machines (labels stay "
                            "at their site). Use the KTO-O setting.")
         model = initial_model(cfg)
-        global_state = trainable_state(model)
-        server = ServerOptimizer(f.aggregator, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau) \
-            if f.aggregator in ("fedadam", "fedyogi") else None
         _wait_for_sites(grid, status, min_sites, wait_s)
-        rng = random.Random(cfg.seed)
         job = json.dumps(cfg.to_dict())
-        t0 = time.time()
-        for rnd in range(1, f.rounds + 1):
-            nodes = sorted(grid.get_node_ids())   # sites may join or leave between rounds
-            chosen = sorted(rng.sample(nodes, min(f.clients_per_round or len(nodes), len(nodes))))
-            status(phase=f"round {rnd} of {f.rounds}: {len(chosen)} sites training")
+
+        def train_round(rnd: int, chosen: list[int], global_state: dict) -> list[SiteUpdate]:
             content = RecordDict({"lora": ArrayRecord.from_torch_state_dict(global_state),
                                   "config": ConfigRecord({"job": job, "round": rnd})})
             msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd)) for n in chosen]
@@ -185,31 +140,15 @@ def run_federated_flower(grid: Grid, run_dir: Path, min_sites: int = 2, wait_s: 
                 raise JobError(f"No site finished round {rnd}: {'; '.join(failed) or 'no answer before the timeout'}.")
             for line in failed:   # the round goes on without them; the coordinator's log says who and why
                 print(f"round {rnd}: left out {line}", flush=True)
-            states, weights = [], []
-            for r in ok:
-                site = str(r.content["site"]["name"])
-                states.append(r.content["lora"].to_torch_state_dict())
-                weights.append(float(r.content["fit"]["num-examples"]))
-                steps = sorted((k for k in r.content if k.startswith("step-")), key=lambda k: int(k[5:]))
-                for i, k in enumerate(steps):
-                    rundir.append_metrics(run_dir, {"step": (rnd - 1) * f.local_steps + i + 1, "time": time.time(),
-                                                    "split": "train", "site": site, "round": rnd,
-                                                    **dict(r.content[k])})
-            new_state = aggregate(f.aggregator, global_state, states, weights, server)
-            drift = sum(float((new_state[n] - global_state[n]).norm()) for n in global_state)
-            global_state = new_state
-            rundir.append_metrics(run_dir, {"step": rnd * f.local_steps, "time": time.time(), "split": "train",
-                                            "round": rnd, "federated/sites": len(ok),
-                                            "federated/sites_lost": len(chosen) - len(ok),
-                                            "federated/update_norm": drift})
-            eta = (time.time() - t0) / rnd * (f.rounds - rnd)
-            status(step=rnd, total=f.rounds, eta_s=round(eta, 1))
-        load_trainable_state(model, global_state)
-        model.save_pretrained(run_dir / rundir.ADAPTER)
-        status(state="finished", phase="finished", step=f.rounds, total=f.rounds)
-        return "finished"
+            return [SiteUpdate(str(r.content["site"]["name"]), r.content["lora"].to_torch_state_dict(),
+                               float(r.content["fit"]["num-examples"]),
+                               [dict(r.content[k]) for k in sorted((k for k in r.content if k.startswith("step-")),
+                                                                   key=lambda k: int(k[5:]))])
+                    for r in ok]
+
+        return run_rounds(cfg, run_dir, model, grid.get_node_ids, train_round, status)
     except BaseException as e:  # noqa: BLE001 - every failure ends as a sentence in status.json
-        status(state="failed", error=_explain(e), phase="failed")
+        status(state="failed", error=explain(e), phase="failed")
         raise
     finally:
         stop_beat()
@@ -222,8 +161,6 @@ def _reason(reply: Message) -> str:
 
 
 def _wait_for_sites(grid: Grid, status, n: int, wait_s: float) -> None:
-    from training.trainer import JobError
-
     deadline = time.time() + wait_s
     while (have := len(list(grid.get_node_ids()))) < n:
         if time.time() > deadline:

@@ -1,12 +1,12 @@
-"""Creating runs: freeze the selected labels into a snapshot, lay out the run directory (config.json,
-data/train.parquet, data/eval.parquet) and queue the run for the supervisor."""
+"""Launching runs from the app: freeze the selected labels into a snapshot, lay out the run directory (config.json,
+data/train.parquet, data/eval.parquet) and queue the run. The supervisor (app/supervisor.py) starts queued runs;
+the job itself (python -m training) runs them."""
 from __future__ import annotations
 
 import hashlib
 import json
 import secrets
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -69,16 +69,3 @@ def _create_run_locked(ctx: AppContext, config: JobConfig, data: pd.DataFrame, n
                     json.dumps(config.to_dict()), snap["id"] if snap else None, parent_id, str(run_dir)])
     return run_id
 
-
-def run_config(ctx: AppContext, run_id: str) -> JobConfig:
-    row = ctx.db.fetchone("SELECT config FROM runs WHERE id = ?", [run_id])
-    if row is None:
-        raise UserError(f"There is no run {run_id}.")
-    return JobConfig.from_dict(json.loads(row[0]))
-
-
-def run_dir(ctx: AppContext, run_id: str) -> Path:
-    d = ctx.db.scalar("SELECT run_dir FROM runs WHERE id = ?", [run_id])
-    if d is None:
-        raise UserError(f"There is no run {run_id}.")
-    return Path(d)

@@ -8,33 +8,31 @@ The handlers below are plain functions of (ctx, user, state, inputs); `build` on
 """
 from __future__ import annotations
 
-import functools
 import html
-import logging
 import random
 from typing import Iterator
 
 import gradio as gr
 
 from app.chat import Answer, ModelCache, ModelSpec, confidence_note, model_choices, shaded_html, stream_answer
-from app.context import AppContext, User, UserError, friendly
+from app.context import AppContext, User, UserError, admin_only
+from app.handlers import handler
 from labeling import queue as Q
-
-log = logging.getLogger("preflab")
 
 THRESHOLD_KEY = "low_confidence_logp"
 # Mean log-prob per token. SmolLM2-135M-Instruct measured here: greedy answers -0.6 to -0.7, sampled at T=0.7
 # -0.6 to -1.3; below -1.5 the answer has wandered off what the model knows.
 DEFAULT_THRESHOLD = -1.5
+NO_MODEL = ("There is no model to talk to yet: start the app with ./run.sh (it sets up the base model) or finish a "
+            "training run.")
 
 
 def threshold(ctx: AppContext) -> float:
     return float(ctx.db.get_setting(THRESHOLD_KEY, str(DEFAULT_THRESHOLD)))
 
 
+@admin_only("change the low-confidence threshold")
 def set_threshold(ctx: AppContext, user: User, value) -> str:
-    if not user.is_admin:
-        raise UserError(f"{user.name} is an annotator; only an admin can change the low-confidence threshold.")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -48,7 +46,7 @@ def set_threshold(ctx: AppContext, user: User, value) -> str:
 def find_spec(ctx: AppContext, key: str | None) -> ModelSpec:
     specs = {s.key: s for s in model_choices(ctx)}
     if not specs:
-        raise UserError("There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
+        raise UserError(NO_MODEL)
     if key not in specs:
         raise UserError(f"The model {key!r} is not available (only the base model and finished runs are).")
     return specs[key]
@@ -62,7 +60,7 @@ def pick_models(ctx: AppContext, first: str | None, second: str | None, side_by_
         return [first, second] if side_by_side else [first]
     keys = [s.key for s in model_choices(ctx)]
     if not keys:
-        raise UserError("There is no model to talk to yet: run `./run.sh setup` (base model) or finish a training run.")
+        raise UserError(NO_MODEL)
     first = first or keys[0]
     second = second or next((k for k in keys if k != first), None)
     if side_by_side and not second:
@@ -125,20 +123,12 @@ def _answer_at(state: dict | None, position: int) -> tuple[str, dict]:
     return state["texts"][i], state["models"][i]
 
 
-def _make_room(ctx: AppContext, task_id: str, annotator: str) -> None:
-    """A playground opinion is always recorded: if the same prompt and answer already got all the labels a queue
-    asks for (e.g. a greedy answer someone else rated), this person's label becomes one more, not a refusal."""
-    ctx.db.execute("""UPDATE tasks SET required = n_done + 1 WHERE id = ? AND n_done >= required
-                      AND NOT EXISTS (SELECT 1 FROM annotations WHERE task_id = ? AND annotator = ?
-                                      AND value NOT IN ('skip', 'retracted'))""", [task_id, task_id, annotator])
-
-
 def _save(ctx: AppContext, user: User, kind: str, prompt: str, responses: list[str], value: str,
           run_id: str | None, origins: list[str], text: str | None = None, shown_order: str | None = None) -> int:
     try:
         tid = Q.create_task(ctx.db, kind, prompt, responses, site=user.site, source="playground",
                             run_id=run_id, origins=origins)
-        _make_room(ctx, tid, user.name)
+        Q.make_room(ctx.db, tid, user.name)
         return Q.save_annotation(ctx.db, tid, user.name, value, text=text, shown_order=shown_order,
                                  source="playground", run_id=run_id, site=user.site)
     except Q.LabelError as e:
@@ -197,22 +187,6 @@ def reveal(state: dict | None) -> str:
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
-def _stream_friendly(fn):
-    """Like app.context.friendly, for a streaming (generator) handler."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            yield from fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as e:
-            raise gr.Error(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - never a stack trace in the page
-            log.exception("try page: %s failed", fn.__name__)
-            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). The details are in the server log.") from None
-    return wrapper
-
-
 def build(ctx: AppContext):
     cache = ModelCache()
     state = gr.State(None)
@@ -263,12 +237,8 @@ def build(ctx: AppContext):
         thr = gr.Number(label="Flag answers whose mean log-probability per token is below", value=DEFAULT_THRESHOLD)
         b_thr = gr.Button("Save threshold", elem_id="try-threshold-save")
 
-    def who(request: gr.Request) -> User:
-        return ctx.user(request)
-
-    @friendly
-    def on_models(first, second, request: gr.Request):
-        who(request)
+    @handler(ctx)
+    def on_models(user, first, second):
         specs = model_choices(ctx)
         choices = [(s.label, s.key) for s in specs]
         keys = [s.key for s in specs]
@@ -276,9 +246,8 @@ def build(ctx: AppContext):
         b = second if second in keys and second != a else next((k for k in keys if k != a), None)
         return gr.update(choices=choices, value=a), gr.update(choices=choices, value=b), threshold(ctx)
 
-    @_stream_friendly
-    def on_ask(text, first, second, side_by_side, t, p, n, request: gr.Request):
-        who(request)
+    @handler(ctx)
+    def on_ask(user, text, first, second, side_by_side, t, p, n):
         limit = threshold(ctx)
         keys = pick_models(ctx, first, second, side_by_side)
         first_update = True
@@ -293,36 +262,33 @@ def build(ctx: AppContext):
                    "**Left answer**" if len(shown) > 1 else f"**Answer** from {html.escape(st['models'][0]['label'])}",
                    st["texts"][st["order"][0]] if st["done"] else gr.update(), clear, clear)
 
-    @friendly
+    @handler(ctx, user=False)
     def on_layout(side_by_side):
         return gr.update(visible=side_by_side), gr.update(visible=side_by_side), gr.update(visible=side_by_side)
 
     def make_rater(position: int, value: str):
-        @friendly
-        def handler(st, request: gr.Request):
-            return rate(ctx, who(request), st, position, value)
-        handler.__name__ = f"rate_{position + 1}_{value}"
-        return handler
+        def rate_answer(user, st):
+            return rate(ctx, user, st, position, value)
+        rate_answer.__name__ = f"rate_{position + 1}_{value}"
+        return handler(ctx)(rate_answer)
 
     def make_preferrer(choice: str):
-        @friendly
-        def handler(st, request: gr.Request):
-            return prefer(ctx, who(request), st, choice)
-        handler.__name__ = f"prefer_{choice}"
-        return handler
+        def prefer_answer(user, st):
+            return prefer(ctx, user, st, choice)
+        prefer_answer.__name__ = f"prefer_{choice}"
+        return handler(ctx)(prefer_answer)
 
-    @friendly
-    def on_write(st, text, request: gr.Request):
-        return write_answer(ctx, who(request), st, text)
+    @handler(ctx)
+    def on_write(user, st, text):
+        return write_answer(ctx, user, st, text)
 
-    @friendly
-    def on_reveal(st, request: gr.Request):
-        who(request)
+    @handler(ctx)
+    def on_reveal(user, st):
         return reveal(st)
 
-    @friendly
-    def on_threshold(value, request: gr.Request):
-        return set_threshold(ctx, who(request), value)
+    @handler(ctx)
+    def on_threshold(user, value):
+        return set_threshold(ctx, user, value)
 
     model_outputs = [m1, m2, thr]
     refresh.click(on_models, [m1, m2], model_outputs, api_name="try_models")

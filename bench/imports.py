@@ -1,6 +1,6 @@
-"""Import benchmark: `python -m labeling.bench_import [--rows N]` writes an N-row TRL preference JSONL file
+"""Import benchmark: `python -m bench.imports [--rows N]` writes an N-row TRL preference JSONL file
 (default 1,000,000), imports it into a fresh on-disk database, imports it again (everything a duplicate), and
-imports the HH-RLHF harmless test split from ../shared/data. Prints one JSON object."""
+imports the HH-RLHF harmless test split (bench/data). Prints one JSON object."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.hh import HH
 from labeling.importer import import_file
 from storage.db import open_db
-
-HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def write_preferences(path: Path, n: int) -> None:
@@ -47,13 +46,12 @@ def main(argv=None) -> dict:
         out.update(reimport_s=round(dt2, 2), reimport_rows_per_s=round(args.rows / dt2), reimport_new=r2["new"],
                    reimport_duplicates=r2["duplicates"])
         db.close()
-        if HH.exists():
-            db = open_db(tmp / "hh.duckdb")
-            t0 = time.perf_counter()
-            h = import_file(db, HH, skip_bad_rows=True)
-            out["hh"] = {"rows": h["rows"], "pairs": h["new"], "bad_rows": h["skipped"],
-                         "bad_lines": sorted(p["line"] for p in h["report"]), "seconds": round(time.perf_counter() - t0, 2)}
-            db.close()
+        db = open_db(tmp / "hh.duckdb")
+        t0 = time.perf_counter()
+        h = import_file(db, HH, skip_bad_rows=True)
+        out["hh"] = {"rows": h["rows"], "pairs": h["new"], "bad_rows": h["skipped"],
+                     "bad_lines": sorted(p["line"] for p in h["report"]), "seconds": round(time.perf_counter() - t0, 2)}
+        db.close()
     print(json.dumps(out))
     return out
 

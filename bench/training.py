@@ -1,4 +1,4 @@
-"""Training benchmarks: `python -m training.bench [--vs-trl] [--memory] [--quality]`, one JSON object on stdout.
+"""Training benchmarks: `python -m bench.training [--vs-trl] [--memory] [--quality]`, one JSON object on stdout.
 
 The standard workload (issue: "Training core"): SmolLM2-135M + LoRA r=8 on the first 256 HH-RLHF pairs, batch 4,
 max length 256. HH prompts are whole dialogues, often longer than the limit; pairs whose chat-templated prompt
@@ -19,7 +19,6 @@ Figures on a shared machine are noisy: compare ratios taken in one run, not abso
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -31,11 +30,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.hh import HH, hh_pairs
 from storage import rundir
 from training.config import JobConfig, LoraConfig
 
-HERE = Path(__file__).resolve().parent.parent
-HH = HERE.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def log(msg: str) -> None:
@@ -43,24 +42,6 @@ def log(msg: str) -> None:
 
 
 # -- workload ---------------------------------------------------------------------------------------------------------
-def hh_pairs(path: Path) -> pd.DataFrame:
-    """All usable HH pairs in file order: prompt (the shared dialogue), chosen, rejected."""
-    from labeling.importer import split_shared_prefix
-
-    rows = []
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            try:
-                d = json.loads(line)
-                prompt, chosen, rejected = split_shared_prefix(d["chosen"], d["rejected"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if prompt and chosen and rejected and chosen != rejected:
-                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "example_id": f"hh{i}"})
-    return pd.DataFrame(rows)
-
-
 def fitting(df: pd.DataFrame, tokenizer, max_prompt_length: int, n: int | None) -> pd.DataFrame:
     """The first n pairs whose templated prompt fits (so truncation is the same in both trainers)."""
     from training.data import encode_prompt
@@ -309,11 +290,11 @@ def memory(args, work: Path) -> dict:
     """Each measurement in a fresh process so one does not inherit the other's allocator peaks."""
     out = {}
     for kind in ("sft", "dpo"):
-        cmd = [sys.executable, "-m", "training.bench", "--_memory-child", kind, "--model", str(args.model),
+        cmd = [sys.executable, "-m", "bench.training", "--_memory-child", kind, "--model", str(args.model),
                "--precision", args.precision,
                "--data", str(args.data), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                "--max-prompt-length", str(args.max_prompt_length), "--work", str(work)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -434,12 +415,12 @@ def quality(args, work: Path) -> dict:
 
 # -- entry ----------------------------------------------------------------------------------------------------------------
 def default_model() -> Path:
-    home = Path(os.environ.get("PREFLAB_HOME", HERE / "data"))
+    home = Path(os.environ.get("PREFLAB_HOME", ROOT / "data"))
     return home / "models" / "smollm2-135m-instruct"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=default_model())
     ap.add_argument("--data", type=Path, default=HH)
     ap.add_argument("--pairs", type=int, default=256)

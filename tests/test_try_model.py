@@ -9,8 +9,7 @@ import torch
 
 from app.chat import Answer, ModelCache, confidence_note, model_choices, shaded_html, stream_answer
 from app.context import User, UserError
-from app.pages import playground as P
-from labeling import queue as Q
+from app.pages import try_model as P
 from labeling.dataset import data_summary
 
 ANN = User("nora", "annotator", "ward-3")

@@ -1,6 +1,6 @@
 """Benchmark: server-side time of "save a label and fetch the next task" on a large database.
 
-    python -m labeling.bench_label [--tasks 100000] [--annotations 1000000] [--ops 400] [--db PATH]
+    python -m bench.labeling [--tasks 100000] [--annotations 1000000] [--ops 400] [--db PATH]
 
 Builds (once, in a DuckDB file) a database shaped like a busy project: `--tasks` tasks (half single, 40% pair,
 10% write) and `--annotations` annotations from 200 annotators, ten per task, with every task one label short of

@@ -1,4 +1,4 @@
-"""Benchmark: the app while a job trains. `python -m app.bench_live`, a report on stdout (JSON on the last line).
+"""Benchmark: the app while a job trains. `python -m bench.live`, a report on stdout (JSON on the last line).
 
 The app's own structure, in one process: one database, the job supervisor thread, a real training job in its own
 process (SmolLM2 + LoRA DPO on HH pairs, as the app launches it), a viewer that rebuilds the Runs page's charts
@@ -31,14 +31,15 @@ import time
 from pathlib import Path
 
 from app.context import AppContext
-from labeling import bench_label
+from bench import labeling as bench_label
+from bench.hh import hh_pairs
+from bench.training import default_model, fitting
 
 
 def hh_training_pairs(model: Path, n: int, max_prompt_length: int):
-    from training import bench
     from training.modeling import load_tokenizer
 
-    return bench.fitting(bench.hh_pairs(bench.HH), load_tokenizer(model), max_prompt_length, n)
+    return fitting(hh_pairs(), load_tokenizer(model), max_prompt_length, n)
 
 
 class Viewer(threading.Thread):
@@ -88,10 +89,8 @@ def summary(times: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training import bench
-
-    ap = argparse.ArgumentParser(prog="python -m app.bench_live", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=bench.default_model())
+    ap = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=default_model())
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--annotations", type=int, default=1_000_000)
     ap.add_argument("--ops", type=int, default=400, help="labeling operations per phase")
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / "config.json").exists():
         print(json.dumps({"error": f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."}))
         return 2
-    from app.jobs import create_run
+    from app.launch import create_run
     from app.supervisor import JOB_NICE, Supervisor, job_threads
     from storage import rundir
     from training.config import JobConfig

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from tests.conftest import HH_DATA
+from bench import training as bench
+from bench.hh import HH
+
+pytestmark = pytest.mark.bench
 
 
 def test_vs_trl_same_tokens_and_losses(tiny_model_dir, capsys):
-    from training import bench
-
-    rc = bench.main(["--model", str(tiny_model_dir), "--data", str(HH_DATA), "--vs-trl", "--steps", "3",
+    rc = bench.main(["--model", str(tiny_model_dir), "--data", str(HH), "--vs-trl", "--steps", "3",
                      "--pairs", "12", "--max-length", "96", "--max-prompt-length", "64", "--learning-rate", "1e-2"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vs_trl"]
@@ -25,16 +26,12 @@ def test_vs_trl_same_tokens_and_losses(tiny_model_dir, capsys):
 
 
 def test_missing_model_is_a_sentence(tmp_path, capsys):
-    from training import bench
-
     assert bench.main(["--model", str(tmp_path / "none")]) == 2
     assert "No model at" in json.loads(capsys.readouterr().out)["error"]
 
 
 def test_quality_and_memory_report_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
-    from training import bench
-
-    rc = bench.main(["--model", str(tiny_model_dir), "--data", str(HH_DATA), "--quality", "--memory",
+    rc = bench.main(["--model", str(tiny_model_dir), "--data", str(HH), "--quality", "--memory",
                      "--quality-train", "16", "--quality-steps", "3", "--quality-held-out", "40", "--max-length", "96", "--max-prompt-length",
                      "64", "--work", str(tmp_path)])
     assert rc == 0

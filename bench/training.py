@@ -135,7 +135,7 @@ def _ref_cache_time(tr) -> float:
         return 0.0
     path.unlink()
     t0 = time.perf_counter()
-    tr._cache_references()
+    tr.cache_references()
     return time.perf_counter() - t0
 
 

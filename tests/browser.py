@@ -87,6 +87,32 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def doc_shot(page, name: str, top: str | None = None, bottom: str | None = None) -> Path | None:
+    """The README's screenshots, into $PREFLAB_DOC_SHOTS when set (`PREFLAB_DOC_SHOTS=docs ./run.sh test -m
+    browser` refreshes docs/*.png); otherwise nothing. What the window shows, or the page from element `top`
+    down to the end of element `bottom`."""
+    folder = os.environ.get("PREFLAB_DOC_SHOTS")
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if top and bottom:
+        y0, y1 = page.evaluate("([a, b]) => [a, b].map((s, i) => { const r = document.querySelector(s)"
+                               ".getBoundingClientRect(); return window.scrollY + (i ? r.bottom : r.top); })",
+                               [top, bottom])
+        width = page.viewport_size["width"]
+        page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": y0 - 8, "width": width,
+                                                               "height": y1 - y0 + 16})
+    else:
+        page.screenshot(path=str(path))
+    from PIL import Image     # small enough to commit: 900 px wide, 128 colours
+
+    image = Image.open(path)
+    image = image.resize((900, round(image.height * 900 / image.width)), Image.LANCZOS)
+    image.quantize(colors=128).save(path, optimize=True)
+    return path
+
+
 def login(page, url: str, name: str, password: str) -> None:
     page.goto(url)
     page.get_by_label("username").fill(name)

@@ -9,7 +9,7 @@ from app.context import AppContext
 from labeling.accounts import set_user
 from labeling import queue as Q
 from labeling.importer import import_file
-from tests.browser import browser_page, login, need_chromium, running_app, shot
+from tests.browser import browser_page, doc_shot, login, need_chromium, running_app, shot
 
 pytestmark = pytest.mark.browser
 
@@ -89,6 +89,8 @@ def test_annotator_labels_with_the_keyboard(home):
         for i in range(10):
             page.keyboard.press("1" if i % 2 else "2")
             mine(page, i + 1)
+            if i == 2:
+                doc_shot(page, "label-page")
         shot(page, "label-pairs-done")
         # edit one decision from the history
         page.wait_for_timeout(500)

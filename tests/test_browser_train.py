@@ -12,7 +12,7 @@ from app.context import AppContext
 from labeling import queue as Q
 from labeling.importer import import_file
 from storage import rundir
-from tests.browser import browser_page, need_chromium, running_app, shot
+from tests.browser import browser_page, doc_shot, need_chromium, running_app, shot
 from tests.jobdata import BAD, GOOD, PROMPTS
 
 pytestmark = pytest.mark.browser
@@ -123,6 +123,15 @@ def test_labeling_while_a_job_trains(home, tiny_model_dir):
             assert st["state"] == "running", st            # the six labels were all saved while it trained
             time.sleep(3)
             assert status()["step"] > st["step"]            # and it went on training after them
+            page.get_by_role("tab", name="Runs").click()     # the run, live: its status and curves while it trains
+            page.click("#runs-select input")
+            page.keyboard.type(run)
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{run}') && "
+                                   "document.querySelector('#runs-status').innerText.includes('is running')")
+            for plot in ("#runs-plot-0", "#runs-plot-6"):   # the loss and the m_θ bands are drawn
+                page.wait_for_function(f"() => document.querySelector('{plot} .scatterlayer .trace')")
+            doc_shot(page, "live-run", top="#runs-status", bottom="#runs-plot-7")
     finally:
         pid = status().get("pid") if run else None
         if pid:                                            # jobs outlive the app by design: end this one

@@ -114,7 +114,7 @@ class Trainer:
 
             self.ref_model = copy.deepcopy(model).requires_grad_(False)  # full fine-tune: a frozen copy
         self._resume()
-        self._cache_references()
+        self.cache_references()
         return self
 
     # -- data order ---------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class Trainer:
         return [self.examples[j] for j in batches[i]]
 
     # -- references ---------------------------------------------------------------------------------------------
-    def _cache_references(self) -> None:
+    def cache_references(self) -> None:
         """Reference log-probs for every sequence training and evaluation will see, computed once (and kept in
         the run directory, so a resumed run does not recompute them)."""
         path = self.run_dir / REF_CACHE

@@ -187,6 +187,17 @@ def reveal(state: dict | None) -> str:
 
 
 # -- layout ---------------------------------------------------------------------------------------------------------
+def answer_column(k: int, title: str):
+    """One answer's heading, text, confidence line and 👍/👎 (k = 1 left/alone, 2 right)."""
+    head = gr.Markdown(title)
+    out = gr.HTML(elem_id=f"try-answer-{k}", elem_classes=["preflab-card"])
+    conf = gr.Markdown(elem_id=f"try-confidence-{k}")
+    with gr.Row():
+        up = gr.Button("👍 Good", size="sm", elem_id=f"try-good-{k}")
+        down = gr.Button("👎 Bad", size="sm", elem_id=f"try-bad-{k}")
+    return head, out, conf, up, down
+
+
 def build(ctx: AppContext):
     cache = ModelCache()
     state = gr.State(None)
@@ -208,19 +219,9 @@ def build(ctx: AppContext):
     b_ask = gr.Button("Ask", variant="primary", elem_id="try-ask")
     with gr.Row():
         with gr.Column():
-            head1 = gr.Markdown("**Answer**")
-            out1 = gr.HTML(elem_id="try-answer-1", elem_classes=["preflab-card"])
-            conf1 = gr.Markdown(elem_id="try-confidence-1")
-            with gr.Row():
-                up1 = gr.Button("👍 Good", size="sm", elem_id="try-good-1")
-                down1 = gr.Button("👎 Bad", size="sm", elem_id="try-bad-1")
+            head1, out1, conf1, up1, down1 = answer_column(1, "**Answer**")
         with gr.Column(visible=False) as col2:
-            gr.Markdown("**Right answer**")
-            out2 = gr.HTML(elem_id="try-answer-2", elem_classes=["preflab-card"])
-            conf2 = gr.Markdown(elem_id="try-confidence-2")
-            with gr.Row():
-                up2 = gr.Button("👍 Good", size="sm", elem_id="try-good-2")
-                down2 = gr.Button("👎 Bad", size="sm", elem_id="try-bad-2")
+            _, out2, conf2, up2, down2 = answer_column(2, "**Right answer**")
     with gr.Row(visible=False) as pair_row:
         p1 = gr.Button("Left is better", elem_id="try-left-better")
         p2 = gr.Button("Right is better", elem_id="try-right-better")

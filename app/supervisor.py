@@ -1,5 +1,6 @@
-"""The job supervisor: a thread in the app that starts queued jobs one at a time, watches their heartbeats, and
-ingests their metrics and per-instance values into DuckDB as they arrive, so every chart is a SQL query.
+"""The job supervisor: a thread in the app that starts queued jobs on free devices (one at a time on a machine
+without GPUs, side by side on different GPUs; app/devices.py), watches their heartbeats, and ingests their metrics
+and per-instance values into DuckDB as they arrive, so every chart is a SQL query.
 
 Jobs are separate processes in their own session: closing the browser or restarting the app never stops them.
 On start the supervisor re-attaches to runs marked running (pid + heartbeat), re-ingesting their files from the
@@ -17,10 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from app.context import AppContext, UserError
+from app.devices import CPU, machine_gpus, next_launches
 from app.priority import LabelingFirst, continue_job
 from storage import rundir
 
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 META_KEYS = {"step", "time", "split", "site", "round"}
 DISCOVER_EVERY_S = 5.0   # how often the runs folder is scanned for runs started outside the app
 JOB_NICE = 10   # CPU niceness of jobs the app starts (PREFLAB_JOB_NICE overrides; 0 = same as the app)
+STOP_GRACE_S = 600   # torchrun waits this long for its processes to save a checkpoint on SIGTERM, then kills them
 
 
 def job_threads() -> int:
@@ -36,9 +40,34 @@ def job_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def job_command(run_dir: Path, processes: int) -> list[str]:
+    """The job's command line: one process, or `processes` data-parallel ones through torchrun (`--standalone`:
+    each job has its own rendezvous on a free port, so several can run side by side)."""
+    if processes == 1:
+        return [sys.executable, "-m", "training", str(run_dir)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "training", str(run_dir)]
+
+
+def spawn_job(argv: list[str], env: dict[str, str], run_dir: Path) -> subprocess.Popen:
+    """Start a job writing to its log. No shell: the run directory is one argument. Own session: the job
+    survives the app, and its process group is the job."""
+    with open(run_dir / rundir.LOG, "ab") as logf:
+        return subprocess.Popen(argv, cwd=str(ROOT), env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 class Supervisor:
-    def __init__(self, ctx: AppContext, poll_s: float = 0.25):
-        self.ctx, self.db, self.poll_s = ctx, ctx.db, poll_s
+    """`gpus` simulates a machine with that many GPUs (tests; PREFLAB_GPUS does the same for the app); `spawn`
+    replaces `spawn_job`, so a test can see each job's command and environment."""
+
+    def __init__(self, ctx: AppContext, poll_s: float = 0.25, gpus: int | None = None,
+                 spawn: Callable[[list[str], dict[str, str], Path], subprocess.Popen] = spawn_job):
+        self.ctx, self.db, self.poll_s, self._spawn = ctx, ctx.db, poll_s, spawn
+        self.gpus = machine_gpus(gpus)
+        self.devices = self.gpus or [CPU]
+        self._devices: dict[str, list[str]] = {}   # run id -> the devices its job runs on
+        self._exiting: dict[str, tuple[subprocess.Popen, list[str]]] = {}   # ended jobs whose processes linger
         self._offsets: dict[str, int] = {}       # run id -> bytes of metrics.jsonl ingested
         self._files: dict[str, set[str]] = {}    # run id -> instance files ingested
         self._procs: dict[str, subprocess.Popen] = {}
@@ -93,11 +122,38 @@ class Supervisor:
                 self._watch_external(run_id, Path(run_dir))
             else:
                 self._watch(run_id, Path(run_dir), (step, total))
-        if not reads.scalar("SELECT count(*) FROM runs WHERE state IN ('running', 'stopping') AND origin = 'app'"):
-            nxt = reads.fetchone("SELECT id, run_dir FROM runs WHERE state = 'queued' AND origin = 'app' "
-                                 "ORDER BY created_at LIMIT 1")
-            if nxt:
-                self._launch(nxt[0], Path(nxt[1]))
+        self._start_queued(reads)
+
+    def _start_queued(self, reads) -> None:
+        """Start the queued jobs that fit on the free devices, first in, first out (app/devices.py)."""
+        busy = {d for run_id, run_dir in reads.fetchall("SELECT id, run_dir FROM runs WHERE state IN ('running', "
+                                                        "'stopping') AND origin = 'app'")
+                for d in self._devices_of(run_id, Path(run_dir))}
+        # a job that has said it ended may still be saving or freeing GPU memory: its devices are taken until it exits
+        self._exiting = {r: (p, ds) for r, (p, ds) in self._exiting.items() if p.poll() is None}
+        busy.update(d for _, ds in self._exiting.values() for d in ds)
+        queued, dirs = [], {}
+        for run_id, run_dir, config in reads.fetchall("SELECT id, run_dir, config FROM runs WHERE state = 'queued' "
+                                                      "AND origin = 'app' ORDER BY created_at"):
+            wanted = int(json.loads(config or "{}").get("gpus") or 1)
+            if wanted > len(self.devices):   # would hold up the queue for ever
+                error = f"This job asks for {wanted} GPUs; this machine has {len(self.gpus) or 'none'}."
+                rundir.write_status(run_dir, state="failed", error=error)
+                self._finish(run_id, Path(run_dir), "failed", error)
+                continue
+            queued.append((run_id, wanted))
+            dirs[run_id] = Path(run_dir)
+        for run_id, devices in next_launches(queued, self.devices, busy):
+            self._launch(run_id, dirs[run_id], devices)
+
+    def _devices_of(self, run_id: str, run_dir: Path) -> list[str]:
+        """The devices a running job holds; after an app restart, as its status.json says."""
+        if run_id not in self._devices:
+            st = rundir.read_status(run_dir)
+            if st is None:
+                return self.devices   # caught mid-write: count it as holding everything until the next tick
+            self._devices[run_id] = st.get("devices") or self.devices   # unknown (an older job): the whole machine
+        return self._devices[run_id]
 
     # -- runs the app did not start ---------------------------------------------------------------------------------
     def discover(self) -> list[str]:
@@ -147,23 +203,22 @@ class Supervisor:
             self.db.execute("UPDATE runs SET state = ?, step = ?, total_steps = ? WHERE id = ?",
                             [state, int(st.get("step") or 0), st.get("total"), run_id])
 
-    def _launch(self, run_id: str, run_dir: Path) -> None:
+    def _launch(self, run_id: str, run_dir: Path, devices: list[str]) -> None:
+        threads = max(1, job_threads() // len(self.devices))   # each device's share of the cores
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                # below the app's priority and leaving it a core: labeling stays responsive while a job trains
                "PREFLAB_JOB_NICE": os.environ.get("PREFLAB_JOB_NICE", str(JOB_NICE)),
-               "PREFLAB_JOB_THREADS": os.environ.get("PREFLAB_JOB_THREADS", str(job_threads()))}
-        logf = open(run_dir / rundir.LOG, "ab")
-        # no shell: the run directory path is passed as one argument; own session: survives the app
-        proc = subprocess.Popen([sys.executable, "-m", "training", str(run_dir)], cwd=str(ROOT), env=env,
-                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        logf.close()
-        self._procs[run_id] = proc
-        rundir.write_status(run_dir, state="running", pid=proc.pid, phase="starting", error=None)
+               "PREFLAB_JOB_THREADS": os.environ.get("PREFLAB_JOB_THREADS", str(threads)),
+               "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(STOP_GRACE_S)}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        proc = self._spawn(job_command(run_dir, len(devices) if self.gpus else 1), env, run_dir)
+        self._procs[run_id], self._devices[run_id] = proc, devices
+        rundir.write_status(run_dir, state="running", pid=proc.pid, phase="starting", error=None, devices=devices)
         self.db.execute("UPDATE runs SET state = 'running', pid = ?, started_at = coalesce(started_at, current_timestamp),"
                         " error = NULL WHERE id = ?", [proc.pid, run_id])
-        log.info("started run %s (pid %s)", run_id, proc.pid)
+        log.info("started run %s on %s (pid %s)", run_id, ",".join(devices), proc.pid)
 
     def _watch(self, run_id: str, run_dir: Path, shown: tuple = (None, None)) -> None:
         """Follow a job the app started; `shown` is the (step, total) its row holds now."""
@@ -196,7 +251,9 @@ class Supervisor:
     def _finish(self, run_id: str, run_dir: Path, state: str, error: str | None) -> None:
         self.db.execute("UPDATE runs SET state = ?, error = ?, finished_at = current_timestamp WHERE id = ?",
                         [state, error, run_id])
-        self._procs.pop(run_id, None)
+        proc, devices = self._procs.pop(run_id, None), self._devices.pop(run_id, None)
+        if proc is not None and proc.poll() is None and devices:
+            self._exiting[run_id] = (proc, devices)
         kind = self.db.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
         if state == "finished" and kind == "generate":
             self._tasks_from_generations(run_id, run_dir)
@@ -261,7 +318,9 @@ class Supervisor:
         if state != "running" or not pid:
             raise UserError(f"Run {run_id} is {state}; only a running or queued run can be stopped.")
         try:
-            os.kill(int(pid), signal.SIGTERM)   # the job checkpoints at the end of its current step
+            # the job's process group: the job checkpoints at the end of its current step; torchrun passes the
+            # signal on to its processes (each in a session of its own) and waits STOP_GRACE_S for them
+            os.killpg(int(pid), signal.SIGTERM)
         except ProcessLookupError:
             pass
         self.db.execute("UPDATE runs SET state = 'stopping' WHERE id = ?", [run_id])

@@ -36,3 +36,18 @@ def ctx(tmp_path):
     c = AppContext(home=tmp_path / "home")
     yield c
     c.db.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """tiny_family(name) -> the folder of a tiny random model of that family (tests/tiny.py), made once a session."""
+    from tests.tiny import make_tiny_model
+
+    made = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = make_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}"), family=family)
+        return made[family]
+
+    return get

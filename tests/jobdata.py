@@ -48,3 +48,18 @@ def make_run(run_dir: Path, model_dir: Path, algorithm: str = "dpo", eval_rows: 
     settings.update(overrides)
     JobConfig(**settings).save(run_dir / "config.json")
     return run_dir
+
+
+def wait_until_training(run_dir: Path, step: int = 2, timeout_s: float = 120) -> None:
+    """Until status.json says the job is running at `step` or later."""
+    import time
+
+    from storage import rundir
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        st = rundir.read_status(run_dir) or {}
+        if st.get("step", 0) >= step and st.get("state") == "running":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"The job did not reach step {step} within {timeout_s} s: {rundir.read_status(run_dir)}")

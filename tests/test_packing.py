@@ -4,20 +4,23 @@ import pytest
 import torch
 
 from tests.jobdata import make_run
+from tests.tiny import FAMILIES
 from training.config import JobConfig, LoraConfig
 from training.modeling import add_lora, load_model, load_tokenizer, packed_logps, response_logps
 from training.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def model_and_tok(tiny_model_dir):
+@pytest.fixture(scope="module", params=FAMILIES)
+def model_and_tok(request, tiny_family):
+    """A LoRA model of each tiny family: Llama, GPT-2 (learned positions, Conv1D), Qwen2."""
+    model_dir = tiny_family(request.param)
     torch.manual_seed(0)
-    model = add_lora(load_model(tiny_model_dir), LoraConfig(r=4, alpha=8))
+    model = add_lora(load_model(model_dir), LoraConfig(r=4, alpha=8))
     with torch.no_grad():   # a non-zero adapter, so the gradient check is about the adapter in use
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    return model, load_tokenizer(tiny_model_dir)
+    return model, load_tokenizer(model_dir)
 
 
 def test_packed_equals_padded_logps_and_gradients(model_and_tok):

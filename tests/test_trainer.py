@@ -5,14 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 
 from storage import rundir
-from tests.jobdata import make_run
+from tests.jobdata import make_run, wait_until_training
 from training.__main__ import run_job
 from training.config import JobConfig
 from training.trainer import Trainer
@@ -115,12 +114,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen([sys.executable, "-m", "training", str(run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        st = rundir.read_status(run) or {}
-        if st.get("step", 0) >= 2 and st.get("state") == "running":
-            break
-        time.sleep(0.2)
+    wait_until_training(run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     st = rundir.read_status(run)

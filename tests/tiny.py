@@ -1,5 +1,6 @@
-"""A tiny random Llama and a byte-level BPE tokenizer trained on the fly: the whole test suite trains on this
-in seconds on a 2-core CPU. It has a chat template, like the real default model."""
+"""Tiny random models and a byte-level BPE tokenizer trained on the fly: the whole test suite trains on these in
+seconds on a 2-core CPU. They have a chat template, like the real default model. Llama is the default; GPT-2
+(fused c_attn, Conv1D layers, learned positions) and Qwen2 (biased q/k/v) check that nothing assumes Llama's shape."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,12 +22,15 @@ CORPUS = [
 ] * 20
 
 
+FAMILIES = ("llama", "gpt2", "qwen2")   # all pack prompts; "bloom" (ALiBi, no position ids) cannot
+
+
 def make_tiny_model(out_dir: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2,
-                    seed: int = 0) -> Path:
-    """Write a tiny LlamaForCausalLM + tokenizer to out_dir and return it."""
+                    seed: int = 0, family: str = "llama") -> Path:
+    """Write a tiny causal LM of `family` (see FAMILIES) + tokenizer to out_dir and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,12 +47,21 @@ def make_tiny_model(out_dir: str | Path, vocab_size: int = 512, hidden: int = 64
     fast.save_pretrained(out_dir)
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                      pad_token_id=fast.pad_token_id)
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(_config(family, len(fast), hidden, layers, fast))
     model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def _config(family: str, vocab: int, hidden: int, layers: int, tok):
+    from transformers import BloomConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               tie_word_embeddings=True)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **ids)
+    if family == "bloom":
+        return BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=4, **ids)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[family]
+    return cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **ids)

@@ -38,7 +38,8 @@ def run_job(run_dir: str | Path) -> int:
     if not run_dir.is_dir():
         print(f"No run directory at {run_dir}.", file=sys.stderr)
         return 1
-    rundir.write_status(run_dir, state="running", pid=os.getpid(), error=None, phase="starting")
+    if os.environ.get("RANK", "0") == "0":   # torchrun / accelerate launch: the main process writes the status
+        rundir.write_status(run_dir, state="running", pid=os.getpid(), error=None, phase="starting")
     try:
         cfg = JobConfig.load(run_dir / rundir.CONFIG)
         if cfg.kind == "train" and cfg.federated is not None:

@@ -29,7 +29,7 @@ class LoraConfig:
     r: int = 8                       # rank of the low-rank update
     alpha: int = 16                  # scaling: the update is multiplied by alpha / r
     dropout: float = 0.0             # docs/losses.md: dropout off, so the reference and policy agree at step 0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] | str = "all-linear"   # short module names, or every linear layer but the head
 
 
 @dataclass
@@ -87,9 +87,11 @@ class JobConfig:
     max_length: int = 512            # prompt + response tokens
     max_prompt_length: int = 256     # prompts are truncated from the left to this
     seed: int = 42
+    gpus: int = 1                    # GPUs per job; more than 1 = data-parallel processes through torchrun
     precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     pack_prompts: bool = True        # compute a prompt shared by several responses (a pair) once per forward
     gradient_checkpointing: bool = False   # recompute activations in the backward: less memory, more compute
+    quantization: str = "none"       # none | 4bit: the frozen base in 4-bit NF4 (QLoRA; CUDA and bitsandbytes)
 
     # -- observation
     log_every: int = 1               # write a metrics line every N optimizer steps
@@ -173,13 +175,22 @@ class JobConfig:
         need(0 < self.max_prompt_length < self.max_length,
              f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}).")
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16.")
+        need(self.gpus >= 1, f"gpus must be at least 1 (got {self.gpus}).")
+        need(self.gpus == 1 or (self.kind == "train" and self.federated is None),
+             "Only a training run (not generation, evaluation or a federated run) can use several GPUs; set gpus to 1.")
         need(self.num_samples >= 1 and self.max_new_tokens >= 1, "num_samples and max_new_tokens must be >= 1.")
         need(0 < self.top_p <= 1 and self.temperature >= 0, "top_p must be in (0, 1] and temperature >= 0.")
         for problem in algorithms.get(self.algorithm).problems(self):
             need(False, problem)
         if self.lora is not None:
             need(self.lora.r >= 1 and self.lora.alpha > 0, "LoRA r and alpha must be positive.")
-            need(bool(self.lora.target_modules), "LoRA target_modules is empty.")
+            t = self.lora.target_modules
+            need(t == "all-linear" or (isinstance(t, list) and bool(t)),
+                 'LoRA target_modules must be "all-linear" or a non-empty list of module names.')
+        need(self.quantization in ("none", "4bit"), "quantization must be none or 4bit.")
+        need(not (self.quantization == "4bit" and self.lora is None),
+             "4-bit quantization trains a LoRA adapter on a frozen base (QLoRA): turn LoRA on, or set quantization "
+             "to none.")
         if self.federated is not None:
             f = self.federated
             need(self.lora is not None, "Federated training exchanges LoRA weights only: turn LoRA on.")

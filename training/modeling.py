@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from training.config import ConfigError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -39,28 +41,126 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+               quantization: str = "none"):
+    """The model in `dtype` (fp32 by default), or with `quantization: 4bit` its linear layers in 4-bit NF4 through
+    bitsandbytes (QLoRA: bf16 for the rest, placed on `device` while loading, CUDA only)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(check_model_dir(path)), dtype=dtype or torch.float32)
-    if device is not None:
-        model.to(device)
+    path = str(check_model_dir(path))
+    if quantization == "4bit":
+        problem = quantization_problem(quantization)
+        if problem:
+            raise ConfigError(problem)
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=bnb,
+                                                     device_map={"": torch.device(device or "cuda")})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        if device is not None:
+            model.to(device)
     model.eval()  # docs/losses.md: dropout off in policy and reference alike
     return model
 
 
+def quantization_problem(quantization: str) -> str | None:
+    """Why `quantization` cannot run on this machine, as a sentence, or None."""
+    import importlib.util
+
+    if quantization == "none":
+        return None
+    if not torch.cuda.is_available():
+        return ("4-bit quantization (QLoRA) needs an NVIDIA GPU with CUDA, and this machine has none: set "
+                "quantization to none.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return ("4-bit quantization (QLoRA) needs the bitsandbytes package: pip install bitsandbytes, or set "
+                "quantization to none.")
+    return None
+
+
 def add_lora(model, lora_cfg, adapter_init: str | Path | None = None):
-    """Wrap with a trainable LoRA adapter named 'default' (fresh, or continued from an earlier run's adapter)."""
+    """Wrap with a trainable LoRA adapter named 'default' (fresh, or continued from an earlier run's adapter).
+    A target list that names no module of this model is a ConfigError listing the model's linear layers."""
     from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.utils.error import NoMatchingPeftModuleError
 
     if adapter_init:
         model = PeftModel.from_pretrained(model, str(adapter_init), is_trainable=True)
     else:
+        targets = lora_cfg.target_modules
         cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                         target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, cfg)
+                         target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, cfg)
+        except NoMatchingPeftModuleError:
+            raise ConfigError(f"None of the LoRA target modules ({', '.join(targets)}) is in this "
+                              f"{type(model).__name__}; its linear layers are {', '.join(linear_layer_names(model))}. "
+                              "Leave target_modules unset to train all of them.") from None
     model.eval()
     return model
+
+
+def linear_layers(model) -> dict[str, torch.nn.Module]:
+    """The model's linear layers but its output head, by name: what PEFT's 'all-linear' targets and what 4-bit
+    quantization stores in 4 bits (GPT-2's are transformers' Conv1D)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    return {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head}
+
+
+def linear_layer_names(model) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_layers(model)})
+
+
+@dataclass
+class ModelPlan:
+    """What pre-flight can say about a model without loading its weights."""
+    architecture: str
+    params: int                     # all parameters
+    linear_params: int              # in the linear layers 4-bit quantization stores at half a byte each
+    trainable: int                  # what the optimizer updates: the LoRA adapter, or everything
+    lora_modules: list[str]         # short names LoRA wraps (empty for full fine-tuning)
+    hidden: int
+    layers: int
+    packing_problem: str | None     # why prompts cannot be packed in this architecture, or None
+
+
+def plan_model(path: str | Path, lora_cfg=None) -> ModelPlan:
+    """Build the model from its config.json on the meta device (no weights read, no memory used), add the LoRA
+    adapter the job would add, and count. Raises ConfigError when the LoRA targets match nothing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(check_model_dir(path)))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    text = config.get_text_config()
+    plan = ModelPlan(type(model).__name__, params=sum(p.numel() for p in model.parameters()),
+                     linear_params=sum(m.weight.numel() for m in linear_layers(model).values()),
+                     trainable=0, lora_modules=[], hidden=text.hidden_size, layers=text.num_hidden_layers,
+                     packing_problem=packing_problem(model))
+    if lora_cfg is None:
+        plan.trainable = plan.params
+    else:
+        model = add_lora(model, lora_cfg)
+        plan.lora_modules = sorted({n.rsplit(".", 1)[-1] for n in model.peft_config["default"].target_modules})
+        plan.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return plan
+
+
+def packing_problem(model) -> str | None:
+    """Why shared-prompt packing cannot run on this model, or None. Packing places each response after its prompt
+    with explicit position ids and a 4D mask; a model that takes no position ids (ALiBi: BLOOM, MPT) cannot."""
+    import inspect
+
+    body, _ = _body_and_head(model)
+    if "position_ids" in inspect.signature(body.forward).parameters:
+        return None
+    return (f"{type(body).__name__} takes no position ids, so prompts are not packed: each sequence is padded on "
+            "its own (the same results, more compute).")
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -197,21 +297,18 @@ def packed_logps(model, parts: list[tuple[list[int], list[int]]], pad_id: int, k
             seg += [j] * len(resp)
         rows.append((ids, pos, seg))
     T = max(len(ids) for ids, _, _ in rows)
-    R = len(rows)
-    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((R, T), dtype=torch.long)
-    segment = torch.full((R, T), -1, dtype=torch.long)
-    for r, (ids, pos, seg) in enumerate(rows):
-        input_ids[r, :len(ids)] = torch.tensor(ids)
-        position_ids[r, :len(ids)] = torch.tensor(pos)
-        segment[r, :len(ids)] = torch.tensor(seg)
+
+    def padded(field: int, fill: int) -> torch.Tensor:
+        return torch.tensor([row[field] + [fill] * (T - len(row[field])) for row in rows], device=device)
+
+    input_ids, position_ids, segment = padded(0, pad_id), padded(1, 0), padded(2, -1)
     q, k = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     allowed = causal & (k != -1) & (q != -1) & ((k == 0) | (k == q))
-    allowed |= torch.eye(T, dtype=torch.bool)            # padding attends to itself: no empty softmax rows
+    allowed |= torch.eye(T, dtype=torch.bool, device=device)   # padding attends to itself: no empty softmax rows
     mask = allowed[:, None]
     if getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", "flash_attention_2"):
-        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     # Which position predicts which token, in (sequence, position) order.
     row_i, pred_i, target, seq_index = [], [], [], []
     for s, (p, resp) in enumerate(parts):
@@ -221,9 +318,7 @@ def packed_logps(model, parts: list[tuple[list[int], list[int]]], pad_id: int, k
             if before < 0:
                 continue     # no prompt: the first token has nothing to be predicted from (as unpacked)
             row_i.append(r), pred_i.append(before), target.append(resp[t]), seq_index.append(s)
-    to = dict(device=device)
-    hidden = body(input_ids=input_ids.to(**to), attention_mask=mask.to(**to),
-                  position_ids=position_ids.to(**to)).last_hidden_state
+    hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
     seq_index = torch.tensor(seq_index, dtype=torch.long, device=device)
     labels = torch.tensor(target, dtype=torch.long, device=device)
     h = hidden[torch.tensor(row_i, device=device), torch.tensor(pred_i, device=device)]

@@ -1,17 +1,20 @@
 """The one training loop. `Trainer(config, run_dir)`: prepare() loads model, data and cached references;
 train_step() runs one optimizer step (grad_accum micro-batches) and returns its scalars; train() is the whole job
 with status heartbeat, metrics, per-instance values, checkpoints, SIGTERM handling and resume.
+
+Several processes (`torchrun`, `accelerate launch`) run the same loop, each on its own micro-batches: the policy
+goes through `accelerator.prepare` (DDP, or FSDP / DeepSpeed from `accelerate config`), every number that is logged
+or steers training (metrics, eps-DPO's beta, KTO's z0, eval) is reduced over processes, reference log-probs and
+eval batches are shared out among them, and only the main process writes the run directory.
 """
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from storage import rundir
@@ -20,12 +23,26 @@ from training.config import JobConfig
 from training.data import Example, epoch_batches, load_rows, make_batch, tokenize
 from training.losses import eps_dpo_update_beta
 from training.modeling import (add_lora, enable_gradient_checkpointing, is_peft, load_model, load_tokenizer,
-                               load_trainable_state, packed_logps, reference_mode, response_logps, trainable_state)
+                               packed_logps, packing_problem, reference_mode, response_logps)
 from training.objectives import OBJECTIVES, StepInput
 from training.runtime import JobError, Status, heartbeat, seed_everything
 
 REF_CACHE = "ref_logps.pt"
+TRAINER_STATE = "trainer.json"   # in a checkpoint, next to accelerate's model, optimizer, scheduler and RNG states
 KEEP_CHECKPOINTS = 2
+
+
+class PolicyLogps(torch.nn.Module):
+    """The policy as a module whose forward is the summed response log-probs: accelerate wraps this (DDP, FSDP,
+    DeepSpeed), so every policy forward goes through the wrapper, which sees it and synchronises the gradients."""
+
+    def __init__(self, model, compute):
+        super().__init__()
+        self.model = model
+        self.compute = compute
+
+    def forward(self, parts, keep_logits: bool = False):
+        return self.compute(self.model, parts, keep_logits)
 
 
 class Trainer:
@@ -49,7 +66,9 @@ class Trainer:
 
         cfg = self.cfg
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
-        kwargs = dict(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+        # The scheduler counts optimizer steps, which are the same in every process.
+        kwargs = dict(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available(),
+                      gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
         try:
             self.accelerator = Accelerator(**kwargs)
         except ValueError:
@@ -60,11 +79,13 @@ class Trainer:
             AcceleratorState._reset_state(True)
             self.accelerator = Accelerator(**kwargs)
         self.device = self.accelerator.device
+        if not self.accelerator.is_main_process:
+            self._status = lambda **fields: None   # the main process alone writes the run directory
         seed_everything(cfg.seed)
         if model is None:
             try:
                 self.tokenizer = load_tokenizer(cfg.model)
-                model = load_model(cfg.model, device=self.device)
+                model = load_model(cfg.model, device=self.device, quantization=cfg.quantization)
             except (OSError, FileNotFoundError, ValueError) as e:
                 raise JobError(f"Could not load the model from {cfg.model}: {e}") from None
             if cfg.lora is not None:
@@ -76,6 +97,11 @@ class Trainer:
         else:
             self.tokenizer = tokenizer
         self.model = model
+        note = packing_problem(model) if cfg.pack_prompts else None
+        if note:   # an architecture that cannot take packed rows pads each sequence instead: the same numbers
+            cfg.pack_prompts = False
+            print(note, flush=True)
+            self._status(note=note)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise JobError("The model has no trainable parameters; check the LoRA target modules.")
@@ -100,7 +126,8 @@ class Trainer:
         self.n_batches = math.ceil(len(self.examples) / cfg.batch_size)
         if kind == "unpaired" and len(self.examples) % cfg.batch_size == 1:
             self.n_batches -= 1  # a KTO batch of one example has no KL pair; drop the odd one out
-        steps_per_epoch = max(1, self.n_batches // cfg.grad_accum)
+        self.batches_per_step = cfg.grad_accum * self.accelerator.num_processes
+        steps_per_epoch = max(1, self.n_batches // self.batches_per_step)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -113,6 +140,9 @@ class Trainer:
             import copy
 
             self.ref_model = copy.deepcopy(model).requires_grad_(False)  # full fine-tune: a frozen copy
+        self.policy, self.optimizer, self.scheduler = self.accelerator.prepare(
+            PolicyLogps(model, self._compute_logps), self.optimizer, self.scheduler)
+        self.accelerator.register_save_state_pre_hook(_trainable_weights_only)
         self._resume()
         self.cache_references()
         return self
@@ -130,12 +160,12 @@ class Trainer:
 
     # -- references ---------------------------------------------------------------------------------------------
     def cache_references(self) -> None:
-        """Reference log-probs for every sequence training and evaluation will see, computed once (and kept in
-        the run directory, so a resumed run does not recompute them)."""
+        """Reference log-probs for every sequence training and evaluation will see, computed once, shared out
+        among the processes, and kept in the run directory, so a resumed run does not recompute them."""
         path = self.run_dir / REF_CACHE
         self.ref_cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
         kind = self.algorithm.data_kind
-        n_micro = self.total_steps * self.cfg.grad_accum * self.accelerator.num_processes
+        n_micro = self.total_steps * self.batches_per_step
         groups = [self.micro_batch(i) for i in range(n_micro)]
         groups += [self.eval_examples[i:i + self.cfg.batch_size] for i in range(0, len(self.eval_examples), self.cfg.batch_size)]
         # Each batch as training will see it (same sequences, same packed layout): at step 0 the policy's numbers
@@ -150,21 +180,36 @@ class Trainer:
         if not todo:
             return
         refs = [None] + list(self.cfg.references)   # None = the base (adapter off)
-        values: dict[str, torch.Tensor] = {}
         self._status(state="running", phase=f"computing reference log-probs for {len(seen)} sequences")
-        for k, ref in enumerate(refs):
-            done: set[str] = set()
+        mine: dict[int, list[list[float]]] = {}     # todo index -> per reference, the batch's log-probs
+        for ref in refs:
             with self._reference_model(ref) as model:
-                for b in todo:
+                for i in self._share(len(todo)):
                     with self.accelerator.autocast():
-                        lp = self.logps(model, b.parts).logps.float().cpu()
-                    for key, v in zip(b.keys, lp):
-                        if key not in done:      # first layout wins: the one training meets first
-                            values.setdefault(key, torch.zeros(len(refs)))[k] = v
-                            done.add(key)
-        for key, v in values.items():
-            self.ref_cache.setdefault(key, v)
-        torch.save(self.ref_cache, path)
+                        lp = self.logps(model, todo[i or 0].parts).logps.float().cpu().tolist()
+                    if i is not None:
+                        mine.setdefault(i, []).append(lp)
+        computed = {i: lps for part in self._gather(mine) for i, lps in part.items()}
+        for i in sorted(computed):       # first layout wins: the one training meets first
+            for j, key in enumerate(todo[i].keys):
+                self.ref_cache.setdefault(key, torch.tensor([lps[j] for lps in computed[i]]))
+        if self.accelerator.is_main_process:
+            tmp = path.with_name(f".{REF_CACHE}.tmp")
+            torch.save(self.ref_cache, tmp)
+            tmp.rename(path)
+
+    # -- several processes --------------------------------------------------------------------------------------
+    def _share(self, n: int) -> list[int | None]:
+        """This process's share of n items, round-robin. Every process runs as many forwards (a sharded model
+        gathers its parameters in each one, with all processes): None is a stand-in whose result is dropped."""
+        acc = self.accelerator
+        return [i if i < n else None for i in range(acc.process_index, math.ceil(n / acc.num_processes) * acc.num_processes, acc.num_processes)]
+
+    def _gather(self, obj) -> list:
+        """`obj` from every process, in process order (just [obj] in a single process)."""
+        from accelerate.utils import gather_object
+
+        return gather_object([obj]) if self.accelerator.num_processes > 1 else [obj]
 
     def _reference_model(self, ref: str | None):
         import contextlib
@@ -183,8 +228,15 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------------------------
     def logps(self, model, parts: list[tuple[list[int], list[int]]], keep_logits: bool = False):
-        """Summed response log-probs of (prompt, response) sequences; prompts shared within the list are computed
-        once when `pack_prompts` is on (the default), else each sequence is padded on its own."""
+        """Summed response log-probs of (prompt, response) sequences; the policy's (also with its adapter off)
+        through accelerate's wrapper."""
+        if model is self.model:
+            return self.policy(parts, keep_logits=keep_logits)
+        return self._compute_logps(model, parts, keep_logits)
+
+    def _compute_logps(self, model, parts: list[tuple[list[int], list[int]]], keep_logits: bool = False):
+        """Prompts shared within the list are computed once when `pack_prompts` is on (the default), else each
+        sequence is padded on its own."""
         if self.cfg.pack_prompts:
             return packed_logps(model, parts, self.tokenizer.pad_token_id, keep_logits, device=self.device)
         from training.data import collate
@@ -197,7 +249,7 @@ class Trainer:
         b = make_batch(examples, kind, self.tokenizer.pad_token_id)
         keep = self.algorithm.needs_ref_logits
         with self.accelerator.autocast():
-            policy = self.logps(self.model, b.parts, keep_logits=keep)
+            policy = self.policy(b.parts, keep_logits=keep)
         inp = StepInput(batch=b, policy=policy, ref=self._ref(b.keys), beta=self.beta)
         if keep:
             with self._reference_model(None) as ref_model, self.accelerator.autocast():
@@ -207,69 +259,73 @@ class Trainer:
             with torch.no_grad(), self.accelerator.autocast():
                 kl_pol = self.logps(self.model, kb.parts).logps.float()
             kl_ref = self._ref(kb.keys)[0]
-            if self.accelerator.num_processes > 1:   # z0 is averaged over processes
-                kl_pol, kl_ref = self.accelerator.gather(kl_pol), self.accelerator.gather(kl_ref)
+            if self.accelerator.num_processes > 1:   # z0 from every process's pairs (batches may differ in size)
+                pairs = [x for part in self._gather((kl_pol.tolist(), kl_ref.tolist())) for x in zip(*part)]
+                kl_pol, kl_ref = torch.tensor(pairs, device=self.device).T
             inp.kl_policy, inp.kl_ref = kl_pol, kl_ref
         return self.objective(self.cfg, inp)
 
     def train_step(self) -> tuple[dict, list[dict]]:
-        """One optimizer step over grad_accum micro-batches. Returns (scalars, instances)."""
+        """One optimizer step over grad_accum micro-batches on each process. Returns (scalars, instances): the
+        scalars are the step's means over every micro-batch of every process; the instances this process's."""
         cfg, acc = self.cfg, self.accelerator
         t0 = time.time()
+        acc.gradient_accumulation_steps = cfg.grad_accum   # accelerate keeps one value per process, not per job
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         instances: list[dict] = []
-        eps_acc = 0.0
         for micro in range(cfg.grad_accum):
             index = (self.step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
-            result = self.forward(self.micro_batch(index))
-            loss = result.loss / cfg.grad_accum
-            if self.extra_loss is not None:
-                loss = loss + self.extra_loss() / cfg.grad_accum
-            if not torch.isfinite(loss):
-                raise JobError(f"The loss became {float(loss)} at step {self.step + 1}. Lower the learning rate "
-                               f"(now {cfg.learning_rate:g}) or beta, and check the data for empty or garbled answers.")
-            acc.backward(loss)
-            eps_acc += result.eps_steps_mean / cfg.grad_accum
-            for k, v in result.scalars.items():
+            with acc.accumulate(self.policy):   # gradients are synchronised after the last micro-batch only
+                result = self.forward(self.micro_batch(index))
+                loss = result.loss
+                if self.extra_loss is not None:
+                    loss = loss + self.extra_loss()
+                if not torch.isfinite(loss):
+                    raise JobError(f"The loss became {float(loss)} at step {self.step + 1}. Lower the learning rate "
+                                   f"(now {cfg.learning_rate:g}) or beta, and check the data for empty or garbled answers.")
+                acc.backward(loss)              # divided by grad_accum there
+            for k, v in {**result.scalars, "kl/eps_steps": result.eps_steps_mean}.items():
                 if math.isfinite(v):  # e.g. a KTO micro-batch with one class has no rejected reward
-                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+                    sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
             instances += result.instances
-        if acc.num_processes > 1:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad = acc.reduce(p.grad, "mean")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        grad_norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        scalars = _means(self._gather((sums, counts)))
+        eps_steps = scalars.pop("kl/eps_steps")
         if self.algorithm.needs_ref_logits:  # eps-DPO: move the global beta after the optimizer step
-            if acc.num_processes > 1:
-                eps_acc = float(acc.reduce(torch.tensor(eps_acc, device=self.device), "mean"))
-            sums["kl/beta"] = self.beta
-            self.beta = eps_dpo_update_beta(self.beta, eps_acc, cfg.epsilon)
+            scalars["kl/beta"] = self.beta
+            self.beta = eps_dpo_update_beta(self.beta, eps_steps, cfg.epsilon)
         self.step += 1
-        sums.update({"grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
-                     "epoch": self.step * cfg.grad_accum / self.n_batches, "step_time": time.time() - t0})
+        scalars.update({"grad_norm": float(grad_norm) if grad_norm is not None else math.nan,   # DeepSpeed clips itself
+                        "learning_rate": self.scheduler.get_last_lr()[0],
+                        "epoch": self.step * self.batches_per_step / self.n_batches, "step_time": time.time() - t0})
         for row in instances:
             row["step"] = self.step
-        return sums, instances
+        return scalars, instances
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out preference accuracy by implicit reward (and by the policy's own per-token likelihood, which
-        is also meaningful for the base model), mean m_theta."""
+        is also meaningful for the base model), mean m_theta; the eval batches are shared out among the processes."""
         if not self.eval_examples:
             return {}
         kind = self.algorithm.data_kind
-        wins, lik_wins, ms, n = 0.0, 0.0, [], 0
-        for s in range(0, len(self.eval_examples), self.cfg.batch_size):
-            exs = self.eval_examples[s:s + self.cfg.batch_size]
+        wins, lik_wins, ms, n = 0.0, 0.0, {}, 0     # ms: batch index -> m_theta per sequence
+        starts = range(0, len(self.eval_examples), self.cfg.batch_size)
+        for i in self._share(len(starts)):
+            start = starts[i or 0]
+            exs = self.eval_examples[start:start + self.cfg.batch_size]
             b = make_batch(exs, kind, self.tokenizer.pad_token_id)
             with self.accelerator.autocast():
                 out = self.logps(self.model, b.parts)
+            if i is None:
+                continue
             pol, ref, nt = out.logps.float().cpu(), self._ref(b.keys)[0].cpu(), out.n_tokens.cpu().clamp(min=1)
-            ms.append((pol - ref) / nt)
+            ms[i] = ((pol - ref) / nt).tolist()
             B = len(exs)
             if kind == "pairs":
                 r = pol - ref
@@ -281,7 +337,11 @@ class Trainer:
                 lab = torch.tensor([ex.label for ex in exs])
                 wins += float(((r > 0) == lab).float().sum())
                 n += B
-        out = {"eval/m_theta": float(torch.cat(ms).mean())}
+        parts = self._gather((wins, lik_wins, ms, n))
+        wins, lik_wins, n = (sum(part[j] for part in parts) for j in (0, 1, 3))
+        ms = dict(kv for part in parts for kv in part[2].items())
+        ms = [m for i in sorted(ms) for m in ms[i]]   # in batch order: the mean is the single process's exactly
+        out = {"eval/m_theta": float(torch.tensor(ms).mean())}
         if n:
             out["eval/accuracy"] = wins / n
             if kind == "pairs":
@@ -290,69 +350,75 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """accelerate's state (trained weights, optimizer, scheduler, every process's RNG) and the trainer's own
+        (step, which fixes the data position; eps-DPO's beta), made visible at once by renaming the folder.
+        Every process calls this at the same step."""
+        acc = self.accelerator
         ck_dir = self.run_dir / rundir.CHECKPOINTS
         final = ck_dir / f"step-{self.step:07d}"
         tmp = ck_dir / f".tmp-step-{self.step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save({
-            "step": self.step, "beta": self.beta, "trainable": trainable_state(self.model),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-        }, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(ck_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            rundir.write_json_atomic(tmp / TRAINER_STATE, {"step": self.step, "beta": self.beta})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in sorted(ck_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
         return final
 
     def _resume(self) -> None:
         cks = sorted((self.run_dir / rundir.CHECKPOINTS).glob("step-*"))
         if not cks:
             return
-        state = torch.load(cks[-1] / "state.pt", weights_only=False)
-        load_trainable_state(self.model, state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.accelerator.load_state(str(cks[-1]), strict=False)   # strict=False: only the trained weights are kept
+        state = rundir.read_json(cks[-1] / TRAINER_STATE)
         self.step, self.beta = state["step"], state["beta"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
 
     # -- the job ------------------------------------------------------------------------------------------------
     def train(self) -> str:
-        """Run to the end (or until SIGTERM). Returns the final state."""
-        cfg = self.cfg
+        """Run to the end (or until SIGTERM). Returns the final state. Every process runs this; the main one
+        writes status, metrics, instances and the final weights."""
+        cfg, main = self.cfg, self.accelerator.is_main_process
         start_step, t_start = self.step, time.time()
         self._status(state="running", step=self.step, total=self.total_steps, phase="training",
                      resumed_from=start_step or None)
         stop_beat = heartbeat(self._status)
         try:
             if start_step == 0 and self.eval_examples:
-                rundir.append_metrics(self.run_dir, {"step": 0, "time": time.time(), "split": "eval", **self.evaluate()})
-            bar = _progress(self.total_steps, start_step)
+                self._log("eval", self.evaluate())
+            bar = _progress(self.total_steps, start_step) if main else (lambda step, loss: None)
             while self.step < self.total_steps:
                 scalars, instances = self.train_step()
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": "train", **scalars})
-                if instances and (self.step % cfg.instances_every == 0 or self.step == self.total_steps):
-                    rundir.write_instances(self.run_dir, self.step, instances)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
-                    rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": "eval", **self.evaluate()})
+                last = self.step == self.total_steps
+                if self.step % cfg.log_every == 0 or last:
+                    self._log("train", scalars)
+                if self.step % cfg.instances_every == 0 or last:
+                    rows = [row for part in self._gather(instances) for row in part]
+                    if main and rows:
+                        rundir.write_instances(self.run_dir, self.step, rows)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+                    self._log("eval", self.evaluate())
                 done = self.step - start_step
                 eta = (time.time() - t_start) / done * (self.total_steps - self.step)
                 self._status(step=self.step, eta_s=round(eta, 1), loss=scalars.get("loss"))
                 bar(self.step, scalars.get("loss"))
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                if self.stop_requested and self.step < self.total_steps:
+                if self._stop_agreed() and not last:
                     self.save_checkpoint()
                     self._status(state="stopped", phase="stopped; resume continues from step %d" % self.step)
                     return "stopped"
             if self.eval_examples:
-                rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": "eval", **self.evaluate()})
+                self._log("eval", self.evaluate())
                 self._status(phase="writing sample answers to held-out prompts")
-                self.sample_answers()
+                if main:
+                    self.sample_answers()
             self.save_final()
             self._status(state="finished", step=self.step, eta_s=0, phase="finished")
             return "finished"
@@ -372,16 +438,52 @@ class Trainer:
         df.to_parquet(tmp, index=False)
         tmp.rename(self.run_dir / rundir.GENERATIONS)
 
+    def _log(self, split: str, scalars: dict) -> None:
+        if self.accelerator.is_main_process:
+            rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": split, **scalars})
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop: SIGTERM may reach only one (the app signals the main process)
+        or reach them during different steps, and all must stop after the same one."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_requested
+        asked = torch.tensor(float(self.stop_requested), device=self.device)
+        return bool(self.accelerator.reduce(asked, "sum") > 0)
+
     def save_final(self) -> None:
+        """Every process takes part (a sharded model's weights are gathered here); the main one writes."""
+        state = self.accelerator.get_state_dict(self.policy)
+        if not self.accelerator.is_main_process:
+            return
+        state = {k.removeprefix("model."): v for k, v in state.items()}   # PolicyLogps holds the model as .model
         if is_peft(self.model):
-            self.model.save_pretrained(self.run_dir / rundir.ADAPTER)
+            self.model.save_pretrained(self.run_dir / rundir.ADAPTER, state_dict=state)
         else:
-            self.model.save_pretrained(self.run_dir / rundir.MODEL)
+            self.model.save_pretrained(self.run_dir / rundir.MODEL, state_dict=state)
             self.tokenizer.save_pretrained(self.run_dir / rundir.MODEL)
         rundir.write_json_atomic(self.run_dir / "final.json", {"step": self.step, "beta": self.beta})
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------------
+def _means(parts: list[tuple[dict[str, float], dict[str, int]]]) -> dict[str, float]:
+    """Per-process (sums, counts) of micro-batch scalars -> their means over all micro-batches."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for s, c in parts:
+        for k, v in s.items():
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + c[k]
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def _trainable_weights_only(models, weights, output_dir) -> None:
+    """accelerate's save_state hook: a checkpoint keeps the trained weights (the LoRA adapter), not the frozen
+    base model, which the job loads anyway."""
+    for model, state in zip(models, weights):
+        trained = {name for name, p in model.named_parameters() if p.requires_grad}
+        for name in [k for k in state if k not in trained]:
+            del state[name]
+
+
 class _extra_reference:
     """An auxiliary MRPO reference, loaded for the one caching pass and then freed: another run's LoRA adapter
     on the same base, or a whole model folder sharing the tokenizer."""

@@ -6,6 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from app.context import AppContext, User, UserError, admin_only
+from app.devices import machine_gpus
 from app.handlers import handler
 from app.launch import create_run
 from app.preflight import check
@@ -72,6 +73,7 @@ def build_config(ctx: AppContext, form: dict) -> JobConfig:
     if applies(algorithm, "references"):
         cfg.references = [str(ctx.runs_dir / r / "adapter") for r in form.get("references") or []]
     _fill(cfg, {field: form.get(field) for field, _, _ in PARAMS if applies(algorithm, field)})
+    _fill(cfg, {"gpus": form.get("gpus")})
     federated = form.get("federated") or {}
     if federated.get("enabled"):
         cfg.federated = FederatedConfig()
@@ -120,7 +122,13 @@ def preview(ctx: AppContext, cfg: JobConfig, data: pd.DataFrame) -> tuple[str, f
              + (f" from sites: {', '.join(sorted(data['site'].dropna().unique()))}" if not data.empty else "") + "."]
     if "suggested_desirable_weight" in f:
         lines.append(f"Suggested λ good = **{f['suggested_desirable_weight']}** (balances the classes; filled in).")
-    lines.append(f"Memory estimate ≈ {f['memory_estimate_gb']} GB; free disk {f['free_disk_gb']} GB.")
+    if "architecture" in f:
+        what = (f"LoRA on {', '.join(f['lora_modules'])}" if f["lora_modules"] else "full fine-tuning")
+        lines.append(f"{f['architecture']}, {f['parameters']:,} parameters; {what}: "
+                     f"**{f['trainable_parameters']:,}** trainable.")
+    if "memory_estimate_gb" in f:
+        lines.append(f"Memory estimate ≈ {f['memory_estimate_gb']} GB.")
+    lines.append(f"Free disk {f['free_disk_gb']} GB.")
     lines += [f"❌ {p}" for p in r["problems"]] + [f"⚠️ {w}" for w in r["warnings"]]
     if r["ok"]:
         lines.append("✅ Ready to train.")
@@ -191,6 +199,10 @@ def build(ctx: AppContext):
             for field, label, help_ in PARAMS:
                 boxes[field] = gr.Number(value=getattr(defaults, field), label=label, info=help_, min_width=180,
                                          visible=applies(first, field))
+        n_gpus = len(ctx.supervisor.gpus if ctx.supervisor else machine_gpus())
+        gpus = gr.Number(value=defaults.gpus, precision=0, minimum=1, maximum=max(1, n_gpus), label="GPUs per job",
+                         info=f"This machine has {n_gpus} GPUs; more than 1 trains data-parallel (torchrun).",
+                         visible=n_gpus > 1)
     with gr.Accordion("Federated across sites (only LoRA weights travel)", open=False):
         with gr.Row():
             fed_on = gr.Checkbox(value=False, label="Train federated: one client per site")
@@ -219,7 +231,7 @@ def build(ctx: AppContext):
     # The form by name: handlers get its values as a dict (a new setting is one PARAMS entry).
     form = {"algorithm": algorithm, "name": name, "sites": f_sites, "annotators": f_ann, "min_agreement": f_agree,
             "since": f_since, "until": f_until, "eval_fraction": f_eval, "model": model, "use_lora": use_lora,
-            "lora_r": lora_r, "loss_type": loss_type, "references": refs, **boxes,
+            "lora_r": lora_r, "loss_type": loss_type, "references": refs, "gpus": gpus, **boxes,
             "federated": {"enabled": fed_on, "setting": fed_setting, "aggregator": fed_agg, "rounds": fed_rounds,
                           "clients_per_round": fed_k, "local_steps": fed_local, "mu": fed_mu}}
     form_inputs = {c for c in form.values() if not isinstance(c, dict)} | set(form["federated"].values())

@@ -82,6 +82,16 @@ def test_a_setting_that_does_not_apply_to_the_algorithm_keeps_its_default(ctx, t
     assert mrpo.references == [str(ctx.runs_dir / "r1" / "adapter")] and mrpo.eta == 0.2
 
 
+def test_memory_options_reach_the_config_and_4_bit_is_refused_in_words_without_a_gpu(ctx, tiny_model_dir):
+    plain = build_config(ctx, form("dpo", tiny_model_dir))
+    assert (plain.gradient_checkpointing, plain.quantization) == (False, "none")
+    cfg = build_config(ctx, form("dpo", tiny_model_dir, gradient_checkpointing=True, four_bit=True))
+    assert (cfg.gradient_checkpointing, cfg.quantization) == (True, "4bit")
+    label(ctx)
+    text, _ = preview(ctx, cfg, selection(ctx, "dpo", None, None, 0))
+    assert "❌" in text and "4-bit" in text and "Ready to train" not in text   # this machine has no GPU
+
+
 def page(ctx):
     """The Train page's endpoints, its page-load handler, and its form's components by label."""
     import gradio as gr
@@ -116,3 +126,16 @@ def test_sites_and_annotators_are_read_when_the_page_loads(ctx):
     label(ctx)                             # labeled after the page was built
     sites, annotators, _ = fns["on_page_load"].fn(None)
     assert sites["choices"] == ["plant-a", "plant-b"] and annotators["choices"] == ["x"]
+
+
+def test_the_runs_page_says_how_the_job_adapted_to_the_model(ctx, tiny_model_dir):
+    """A job that pads instead of packing (a model without position ids) writes a note; the Runs page shows it."""
+    from app.launch import create_run
+    from app.pages.runs import status_line
+    from storage import rundir
+
+    label(ctx)
+    run = create_run(ctx, build_config(ctx, form("dpo", tiny_model_dir)), selection(ctx, "dpo", None, None, 0))
+    assert "ℹ️" not in status_line(ctx, run)
+    rundir.write_status(ctx.runs_dir / run, note="This model takes no position ids: prompts are not packed.")
+    assert "ℹ️ This model takes no position ids" in status_line(ctx, run)

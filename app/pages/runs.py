@@ -30,6 +30,8 @@ def status_line(ctx: AppContext, run_id: str | None) -> str:
         parts.append(f"about {int(st['eta_s'])} s left")
     if st.get("phase") and state == "running":
         parts.append(st["phase"])
+    if st.get("note"):       # how the job adapted to the model, e.g. padding where it cannot pack prompts
+        parts.append(f"ℹ️ {st['note']}")
     if error:
         parts.append(f"❌ {error}")
     for a in charts.alerts(db, run_id):

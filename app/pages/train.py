@@ -62,7 +62,8 @@ def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement,
 
 def build_config(ctx: AppContext, form: dict) -> JobConfig:
     """The job a filled-in form describes. `form` holds algorithm, model, use_lora, lora_r, loss_type, references
-    (run ids), a value per PARAMS field and `federated` (enabled plus FederatedConfig fields); a missing or empty
+    (run ids), gpus, gradient_checkpointing, four_bit, a value per PARAMS field and `federated` (enabled plus
+    FederatedConfig fields); a missing or empty
     value, or a setting that does not apply to the algorithm, keeps the JobConfig default."""
     algorithm = form.get("algorithm") or "dpo"
     lora_r = int(form.get("lora_r") or 8)
@@ -73,7 +74,9 @@ def build_config(ctx: AppContext, form: dict) -> JobConfig:
     if applies(algorithm, "references"):
         cfg.references = [str(ctx.runs_dir / r / "adapter") for r in form.get("references") or []]
     _fill(cfg, {field: form.get(field) for field, _, _ in PARAMS if applies(algorithm, field)})
-    _fill(cfg, {"gpus": form.get("gpus")})
+    _fill(cfg, {"gpus": form.get("gpus"), "gradient_checkpointing": form.get("gradient_checkpointing")})
+    if form.get("four_bit"):
+        cfg.quantization = "4bit"
     federated = form.get("federated") or {}
     if federated.get("enabled"):
         cfg.federated = FederatedConfig()
@@ -203,6 +206,11 @@ def build(ctx: AppContext):
         gpus = gr.Number(value=defaults.gpus, precision=0, minimum=1, maximum=max(1, n_gpus), label="GPUs per job",
                          info=f"This machine has {n_gpus} GPUs; more than 1 trains data-parallel (torchrun).",
                          visible=n_gpus > 1)
+        with gr.Row():
+            checkpointing = gr.Checkbox(value=defaults.gradient_checkpointing, label="Gradient checkpointing",
+                                        info="Less memory for about a third more compute; the same losses.")
+            four_bit = gr.Checkbox(value=False, label="Load the base model in 4-bit (QLoRA)", visible=n_gpus > 0,
+                                   info="Much less memory for the frozen base; LoRA only; needs bitsandbytes.")
     with gr.Accordion("Federated across sites (only LoRA weights travel)", open=False):
         with gr.Row():
             fed_on = gr.Checkbox(value=False, label="Train federated: one client per site")
@@ -231,7 +239,8 @@ def build(ctx: AppContext):
     # The form by name: handlers get its values as a dict (a new setting is one PARAMS entry).
     form = {"algorithm": algorithm, "name": name, "sites": f_sites, "annotators": f_ann, "min_agreement": f_agree,
             "since": f_since, "until": f_until, "eval_fraction": f_eval, "model": model, "use_lora": use_lora,
-            "lora_r": lora_r, "loss_type": loss_type, "references": refs, "gpus": gpus, **boxes,
+            "lora_r": lora_r, "loss_type": loss_type, "references": refs, "gpus": gpus,
+            "gradient_checkpointing": checkpointing, "four_bit": four_bit, **boxes,
             "federated": {"enabled": fed_on, "setting": fed_setting, "aggregator": fed_agg, "rounds": fed_rounds,
                           "clients_per_round": fed_k, "local_steps": fed_local, "mu": fed_mu}}
     form_inputs = {c for c in form.values() if not isinstance(c, dict)} | set(form["federated"].values())

@@ -180,8 +180,8 @@ class JobConfig:
              "Only a training run (not generation, evaluation or a federated run) can use several GPUs; set gpus to 1.")
         need(self.num_samples >= 1 and self.max_new_tokens >= 1, "num_samples and max_new_tokens must be >= 1.")
         need(0 < self.top_p <= 1 and self.temperature >= 0, "top_p must be in (0, 1] and temperature >= 0.")
-        for problem in algorithms.get(self.algorithm).problems(self):
-            need(False, problem)
+        problems = algorithms.get(self.algorithm).problems(self)
+        need(not problems, problems[0] if problems else "")
         if self.lora is not None:
             need(self.lora.r >= 1 and self.lora.alpha > 0, "LoRA r and alpha must be positive.")
             t = self.lora.target_modules

@@ -96,7 +96,8 @@ def add_lora(model, lora_cfg, adapter_init: str | Path | None = None):
         try:
             model = get_peft_model(model, cfg)
         except NoMatchingPeftModuleError:
-            raise ConfigError(f"None of the LoRA target modules ({', '.join(targets)}) is in this "
+            named = targets if isinstance(targets, str) else ", ".join(targets)
+            raise ConfigError(f"None of the LoRA target modules ({named}) is in this "
                               f"{type(model).__name__}; its linear layers are {', '.join(linear_layer_names(model))}. "
                               "Leave target_modules unset to train all of them.") from None
     model.eval()

@@ -1,8 +1,9 @@
 """Label page: good/bad (KTO), blind pairs (DPO) and writing the ideal answer (SFT), keyboard first.
 
 The handlers are plain functions of (state, inputs, user) so they are tested without a browser; `build` only lays
-out components and wires them, each served labeling first (the app's training job paused, app.priority). Keys (see app/keys.js): a good, x bad, 1/2 pick, 3 tie, 0 both bad,
-ctrl+enter submit, space skip, backspace undo, h guidelines; none act while a text box has focus.
+out components and wires them, each served labeling first (the app's training job paused, app.priority).
+Keys (see app/keys.js): a good, x bad, 1/2 pick, 3 tie, 0 both bad, ctrl+enter submit, space skip, backspace
+undo, h guidelines; none act while a text box has focus.
 """
 from __future__ import annotations
 

@@ -63,8 +63,8 @@ def selection(ctx: AppContext, algorithm: str, sites, annotators, min_agreement,
 def build_config(ctx: AppContext, form: dict) -> JobConfig:
     """The job a filled-in form describes. `form` holds algorithm, model, use_lora, lora_r, loss_type, references
     (run ids), gpus, gradient_checkpointing, four_bit, a value per PARAMS field and `federated` (enabled plus
-    FederatedConfig fields); a missing or empty
-    value, or a setting that does not apply to the algorithm, keeps the JobConfig default."""
+    FederatedConfig fields). A missing or empty value, or a setting that does not apply to the algorithm, keeps
+    the JobConfig default."""
     algorithm = form.get("algorithm") or "dpo"
     lora_r = int(form.get("lora_r") or 8)
     cfg = JobConfig(algorithm=algorithm, model=form.get("model") or str(ctx.default_model()),
@@ -161,12 +161,6 @@ def start_generation(ctx: AppContext, user: User, n_prompts: int, samples: int, 
 
 
 def build(ctx: AppContext):
-    def site_choices():
-        return Q.sites(ctx.db)
-
-    def annotator_choices():
-        return annotator_names(ctx.db)
-
     def reference_choices():
         """Finished training runs with an adapter: MRPO's possible extra references."""
         return [r for r in runs.run_ids(ctx.db, kind="train", state="finished")
@@ -282,7 +276,7 @@ def build(ctx: AppContext):
     @handler(ctx, user=False)
     def on_page_load():
         """Sites, annotators and finished runs as they are now, not as they were when the app started."""
-        return (gr.update(choices=site_choices()), gr.update(choices=annotator_choices()),
+        return (gr.update(choices=Q.sites(ctx.db)), gr.update(choices=annotator_names(ctx.db)),
                 gr.update(choices=reference_choices()))
 
     algorithm.change(on_algo, algorithm, [explain, refs, loss_type, *boxes.values()], api_name=False)

@@ -33,13 +33,18 @@ def home(tmp_path):
 def train_from_page(page, algorithm: str, steps: int):
     page.get_by_role("tab", name="Train").click()
     page.get_by_label(algorithm, exact=True).check()
+    # the page has shown the algorithm's own settings (their visibility changes with it)
+    page.wait_for_function(f"() => document.querySelector('#train-explain').innerText.startsWith('{algorithm}:')")
     if not page.get_by_label("Max steps").is_visible():
         page.get_by_role("button", name="Settings ▼").click()
+        # the panel's last box: the panel has rendered (a box typed into while it still renders loses its value)
+        page.get_by_label("Gradient checkpointing").wait_for()
     page.get_by_label("Max steps").fill(str(steps))
     page.get_by_label("Batch size").fill("4")
     page.get_by_label("Max length (tokens)").fill("64")
     page.get_by_label("Max prompt length").fill("32")
     page.keyboard.press("Tab")
+    assert page.get_by_label("Max steps").input_value() == str(steps)
     page.click("#train-check")
     page.wait_for_function("() => document.body.innerText.includes('Ready to train')")
     page.click("#train-start")

@@ -32,6 +32,7 @@ def test_chat_rate_and_compare(home):
         page.fill("#try-prompt textarea", "Why does the pump grind?")
         page.click("#try-ask")
         page.wait_for_function("() => document.body.innerText.includes('mean log-probability')")
+        page.wait_for_function("() => !document.querySelector('#try-ask').disabled")   # the answer is finished
         assert page.locator("#try-answer-1 span[title^='p = ']").count() > 0    # shaded tokens
         shot(page, "try-answer")
         page.click("#try-bad-1")
@@ -46,6 +47,7 @@ def test_chat_rate_and_compare(home):
         assert run in page.locator("#try-model-2 input").input_value()      # the second model defaults to the run
         page.click("#try-ask")
         page.wait_for_function("() => document.querySelector('#try-confidence-2').innerText.includes('log-prob')")
+        page.wait_for_function("() => !document.querySelector('#try-ask').disabled")   # both answers finished
         page.click("#try-left-better")
         page.wait_for_function("() => document.body.innerText.includes('left is better')")
         page.click("#try-reveal")

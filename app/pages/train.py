@@ -171,7 +171,7 @@ def build(ctx: AppContext):
         algorithm = gr.Radio([(a.title, a.name) for a in algorithms.ALGORITHMS.values()], value=first,
                              label="Algorithm", elem_id="train-algorithm", scale=3)
         name = gr.Textbox(label="Run name (optional)", scale=1)
-    explain = gr.Markdown(algorithms.get(first).explanation)
+    explain = gr.Markdown(algorithms.get(first).explanation, elem_id="train-explain")
     with gr.Accordion("Data", open=True):
         with gr.Row():
             f_sites = gr.Dropdown([], multiselect=True, label="Sites (empty = all)")

@@ -294,8 +294,16 @@ def build(ctx: AppContext):
     model_outputs = [m1, m2, thr]
     refresh.click(on_models, [m1, m2], model_outputs, api_name="try_models")
     both.change(on_layout, [both], [m2, col2, pair_row], api_name=False)
-    b_ask.click(on_ask, [prompt, m1, m2, both, temperature, top_p, max_new],
-                [state, out1, conf1, out2, conf2, head1, written, revealed, note], api_name="try_ask")
+    # Ask is off while the answers are written: a rating needs the finished answers, which the page's state holds
+    # only once the streaming event has ended (clicked earlier, a rating is refused with "still being written")
+    @handler(ctx, user=False)
+    def ask_enabled(on: bool):
+        return gr.update(interactive=on)
+
+    b_ask.click(ask_enabled, gr.State(False), b_ask, api_name=False) \
+        .then(on_ask, [prompt, m1, m2, both, temperature, top_p, max_new],
+              [state, out1, conf1, out2, conf2, head1, written, revealed, note], api_name="try_ask") \
+        .then(ask_enabled, gr.State(True), b_ask, api_name=False)
     for btn, pos, value in ((up1, 0, "good"), (down1, 0, "bad"), (up2, 1, "good"), (down2, 1, "bad")):
         btn.click(make_rater(pos, value), [state], note, api_name=f"try_rate_{pos + 1}_{value}")
     for btn, choice in ((p1, "1"), (p2, "2"), (p3, "3"), (p0, "0")):

@@ -30,13 +30,19 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("setup", help="convert the default model and seed the demo project (idempotent)")
 
-    u = sub.add_parser("user", help="add or update an account")
+    u = sub.add_parser("user", help="add or update an account (the password is asked for, or read from stdin)")
     u.add_argument("name")
     u.add_argument("--role", choices=["annotator", "admin"], default="annotator")
-    u.add_argument("--password", required=True)
     u.add_argument("--site")
+    u.add_argument("--site-only", action="store_true", help="serve this annotator only tasks of --site")
+    switch = u.add_mutually_exclusive_group()
+    switch.add_argument("--disable", action="store_true", help="switch the account off (its sessions end)")
+    switch.add_argument("--enable", action="store_true", help="switch a disabled account on again")
 
     args = p.parse_args(argv)
+    import os
+
+    os.umask(0o077)   # everything the app writes (database, exports, runs) is readable by this user only
     from app.context import UserError
 
     try:
@@ -62,14 +68,31 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = setup(ctx)
         elif args.cmd == "user":
-            from labeling.accounts import set_user
+            from labeling.accounts import set_disabled, set_user
 
-            summary = set_user(ctx.db, args.name, args.password, role=args.role, site=args.site)
+            if args.disable or args.enable:
+                summary = set_disabled(ctx.db, args.name, disabled=args.disable)
+            else:
+                summary = set_user(ctx.db, args.name, read_password(args.name), role=args.role, site=args.site,
+                                   site_only=args.site_only or None)   # None: as the account was
         print(json.dumps(summary, default=str))
         return 0 if summary.get("ok", True) else 1
     except (UserError, ValueError, OSError) as e:   # bad names, passwords, paths: a sentence, not a trace
         print(json.dumps({"ok": False, "error": str(e)}))
         return 1
+
+
+def read_password(name: str) -> str:
+    """From a prompt (typed twice, not shown) or, when stdin is not a terminal, its first line: never from the
+    command line, which other users see in the process list and the shell keeps in its history."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass(f"Password for {name}: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("The two passwords differ; nothing was changed.")
+    return first
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.curves import displacement_start
+from labeling import runs
 from storage.db import Queries
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -37,18 +39,19 @@ def _fig(title: str, ytitle: str = "") -> go.Figure:
 
 
 def line_chart(db: Queries, run_ids: list[str], names: list[str], title: str, labels: dict | None = None,
-               by_site: bool = False) -> go.Figure:
-    df = scalars(db, run_ids, names)
+               by_site: bool = False, split: str = "train") -> go.Figure:
+    df = scalars(db, run_ids, names, split)
     fig = _fig(title)
     if df.empty:
         fig.add_annotation(text="no data yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
         return fig
     keys = ["run_id", "name"] + (["site"] if by_site else [])
+    run_names = runs.names(db, run_ids) if len(run_ids) > 1 else {}
     for key, g in df.groupby(keys, dropna=False):
         run, name = key[0], key[1]
         label = (labels or {}).get(name, name)
-        if len(run_ids) > 1:
-            label = f"{run} · {label}"
+        if len(run_ids) > 1:      # runs by the names people gave them (Compare)
+            label = f"{run_names.get(run, run)} · {label}"
         if by_site and isinstance(key[2], str):
             label += f" · {key[2]}"
         g = g.groupby("step", as_index=False)["value"].mean()
@@ -74,18 +77,31 @@ def accuracy_chart(db, run_ids):
 
 
 def kl_chart(db, run_ids):
-    return line_chart(db, run_ids, ["kl", "m_theta"], "KL estimate (KTO z₀) and mean m_θ")
+    """Mean m_θ against the base model (every algorithm; comparable across runs), KTO's z₀, and MRPO's deviation
+    from its virtual reference, which is a different quantity and so has its own name."""
+    return line_chart(db, run_ids, ["kl", "m_theta", "m_theta_vref"], "KL estimate (KTO z₀) and mean m_θ",
+                      {"kl": "z₀ (KTO)", "m_theta": "m_θ (against the base)",
+                       "m_theta_vref": "m_θ against MRPO's virtual reference"})
 
 
 def beta_chart(db: Queries, run_id: str) -> go.Figure:
-    """ε-DPO: the global β over steps and the share of instances whose β̃ was relaxed / tightened / kept."""
-    df = scalars(db, [run_id], ["kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps"])
+    """ε-DPO: the global β over steps and the share of instances whose β̃ was relaxed / tightened / kept. A
+    federated run draws each site's β and the server's average of them (the global β each round starts from)."""
+    df = scalars(db, [run_id], ["kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps", "federated/beta"])
     fig = _fig("β trajectory (ε-DPO)")
     if df.empty:
         fig.add_annotation(text="β moves only in ε-DPO runs", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
         return fig
     w = df.pivot_table(index="step", columns="name", values="value")
-    fig.add_trace(go.Scatter(x=w.index, y=w.get("kl/beta"), name="global β", mode="lines+markers", yaxis="y"))
+    sites = df[(df["name"] == "kl/beta") & df["site"].notna()]
+    if sites.empty:
+        fig.add_trace(go.Scatter(x=w.index, y=w.get("kl/beta"), name="global β", mode="lines+markers", yaxis="y"))
+    for site, g in sites.groupby("site"):
+        fig.add_trace(go.Scatter(x=g.step, y=g.value, name=f"β at {site}", mode="lines+markers", yaxis="y"))
+    if "federated/beta" in w:
+        g = w["federated/beta"].dropna()
+        fig.add_trace(go.Scatter(x=g.index, y=g, name="global β (averaged by the server)", mode="markers",
+                                 marker=dict(size=9, symbol="diamond"), yaxis="y"))
     relaxed, tightened = w.get("kl/p_epsilon_steps"), w.get("kl/n_epsilon_steps")
     if relaxed is not None and tightened is not None:
         fig.add_trace(go.Bar(x=w.index, y=relaxed, name="β̃ relaxed (s=+1)", yaxis="y2", opacity=0.5))
@@ -140,6 +156,63 @@ def minor_coef_chart(db, run_id):
     return fig
 
 
+def beta_tilde_bands(db: Queries, run_id: str) -> go.Figure:
+    """ε-DPO: the per-instance β̃ = β / (1 + ε s) as quantile bands over steps (one value per pair)."""
+    df = db.df("""SELECT step, quantile_cont(beta_i, [0.1, 0.25, 0.5, 0.75, 0.9]) AS q, min(beta_i) AS lo,
+                         max(beta_i) AS hi FROM run_instances
+                  WHERE run_id = ? AND beta_i IS NOT NULL AND side = 'chosen' GROUP BY step ORDER BY step""", [run_id])
+    fig = _fig("β̃ per pair (ε-DPO): quantile bands", "β̃")
+    if df.empty:
+        fig.add_annotation(text="no instances yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    q = pd.DataFrame(df["q"].tolist(), columns=QUANTILES, index=df["step"])
+    for lo, hi, alpha in ((0.1, 0.9, 0.12), (0.25, 0.75, 0.25)):
+        fig.add_trace(go.Scatter(x=list(q.index) + list(q.index[::-1]), y=list(q[hi]) + list(q[lo][::-1]),
+                                 fill="toself", fillcolor=f"rgba(99,110,250,{alpha})", line=dict(width=0),
+                                 name=f"{int(lo * 100)}–{int(hi * 100)}%", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=q.index, y=q[0.5], mode="lines", name="median"))
+    fig.add_trace(go.Scatter(x=df.step, y=df.lo, mode="lines", line=dict(dash="dot"), name="min"))
+    fig.add_trace(go.Scatter(x=df.step, y=df.hi, mode="lines", line=dict(dash="dot"), name="max"))
+    return fig
+
+
+def mrpo_chart(db: Queries, run_id: str) -> go.Figure:
+    """MRPO: the mean weight of each reference (the base first) and the share of auxiliary log-probs clipped."""
+    df = db.df("""SELECT step, name, avg(value) AS value FROM run_scalars
+                  WHERE run_id = ? AND split = 'train' AND (name LIKE 'mrpo/weight_%' OR name = 'mrpo/clipped_fraction')
+                  GROUP BY step, name ORDER BY step""", [run_id])
+    fig = _fig("MRPO: reference weights and clipped share")
+    if df.empty:
+        fig.add_annotation(text="only MRPO runs have reference weights", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return fig
+    for name, g in df.groupby("name"):
+        k = name.removeprefix("mrpo/weight_")
+        clipped = name == "mrpo/clipped_fraction"
+        fig.add_trace(go.Scatter(x=g.step, y=g.value, mode="lines+markers" if not clipped else "lines",
+                                 line=dict(dash="dot") if clipped else None, yaxis="y2" if clipped else "y",
+                                 name="clipped share" if clipped else ("base" if k == "0" else f"reference {k}")))
+    fig.update_layout(yaxis=dict(title="weight", range=[0, 1]),
+                      yaxis2=dict(title="clipped share", overlaying="y", side="right", range=[0, 1]),
+                      margin=dict(r=60))
+    return fig
+
+
+def kto_kl_chart(db: Queries, run_id: str) -> go.Figure:
+    """KTO: z₀ as used (clamped at 0) and the estimate before the clamp, which shows how often it is cut."""
+    return line_chart(db, [run_id], ["kl", "kl/unclamped"], "KTO: z₀ and its estimate before the clamp",
+                      {"kl": "z₀ (clamped at 0)", "kl/unclamped": "estimate before the clamp"})
+
+
+def heldout_chart(db: Queries, run_id: str) -> go.Figure:
+    """Held-out m_θ (against the base) and accuracy, evaluated every `eval_every` steps."""
+    return line_chart(db, [run_id], ["eval/m_theta", "eval/accuracy", "eval/likelihood_accuracy"],
+                      "Held-out examples: m_θ and accuracy", {"eval/m_theta": "held-out m_θ",
+                                                              "eval/accuracy": "held-out accuracy",
+                                                              "eval/likelihood_accuracy": "likelihood accuracy"},
+                      split="eval")
+
+
 def per_site_chart(db: Queries, run_id: str) -> go.Figure:
     """Per site over steps: the loss (solid) and mean m_θ (dotted). Federated runs log each site's loss with its
     site; a Flower coordinator has only those (per-example values stay at the sites). Other runs: the mean
@@ -165,8 +238,9 @@ def per_site_chart(db: Queries, run_id: str) -> go.Figure:
     return fig
 
 
-def extreme_instances(db: Queries, run_id: str, n: int = 5) -> pd.DataFrame:
-    """The training examples with the most extreme m_θ at the latest step, with their prompt, answer and labels."""
+def extreme_instances(db: Queries, run_id: str, n: int = 5, only: str | None = None) -> pd.DataFrame:
+    """The training examples with the most extreme m_θ at the latest step, with their prompt, answer and labels
+    (`only`: just that annotator's own labels, for an annotator, who never sees others' votes)."""
     step = db.scalar("SELECT max(step) FROM run_instances WHERE run_id = ?", [run_id])
     if step is None:
         return pd.DataFrame(columns=["m_θ", "side", "task", "prompt", "answer", "labels"])
@@ -177,10 +251,10 @@ def extreme_instances(db: Queries, run_id: str, n: int = 5) -> pd.DataFrame:
                CASE WHEN picked.side IN ('rejected', 'undesirable') AND t.kind = 'pair' THEN rb.text ELSE ra.text END AS answer,
                (SELECT string_agg(annotator || CASE WHEN source = 'resolution' THEN ' (resolution)' ELSE '' END
                                   || ': ' || value, ', ' ORDER BY id) FROM current_annotations
-                WHERE task_id = picked.task_id) AS labels
+                WHERE task_id = picked.task_id AND (CAST(? AS VARCHAR) IS NULL OR annotator = ?)) AS labels
         FROM picked LEFT JOIN tasks t ON t.id = picked.task_id LEFT JOIN prompts p ON p.id = t.prompt_id
         LEFT JOIN responses ra ON ra.id = t.response_a LEFT JOIN responses rb ON rb.id = t.response_b
-        ORDER BY picked.m_theta DESC""", [run_id, step, n, n])
+        ORDER BY picked.m_theta DESC""", [run_id, step, n, n, only, only])
     df["prompt"] = df["prompt"].fillna("").str.slice(0, 120)
     df["answer"] = df["answer"].fillna("").str.slice(0, 120)
     return df.rename(columns={"m_theta": "m_θ", "task_id": "task"})
@@ -195,11 +269,13 @@ def alerts(db: Queries, run_id: str) -> list[str]:
     w = df.pivot_table(index="step", columns="name", values="value", aggfunc="mean").sort_index()
     if w.isna().all().any() or any(not math.isfinite(v) for v in df["value"]):
         out.append("Some values are NaN or infinite: the run has diverged. Lower the learning rate.")
-    if len(w) >= 6 and {"logps/chosen", "logps/rejected"} <= set(w.columns):
-        first, last = w.iloc[: len(w) // 3].mean(), w.iloc[-(len(w) // 3):].mean()
-        if last["logps/chosen"] < first["logps/chosen"] - 1 and last["logps/rejected"] < first["logps/rejected"] - 1:
-            out.append("Likelihood displacement: both the chosen and the rejected answers are becoming less likely. "
-                       "The model is pushing the pair apart by lowering both; consider a larger β or fewer steps.")
+    if {"logps/chosen", "logps/rejected"} <= set(w.columns):
+        both = w[["logps/chosen", "logps/rejected"]].dropna()
+        since = displacement_start(list(both.index), list(both["logps/chosen"]), list(both["logps/rejected"]))
+        if since is not None:
+            out.append(f"Likelihood displacement since step {since}: both the chosen and the rejected answers have "
+                       "become less likely than at the start. The model is pushing the pair apart by lowering both; "
+                       "consider a larger β or fewer steps.")
     for name in ("kl", "m_theta"):
         if name in w and len(w[name].dropna()) >= 4:
             s = w[name].dropna()

@@ -190,6 +190,16 @@ def shaded_html(answer: Answer) -> str:
             f"{''.join(spans)}{cursor}</div>")
 
 
+def answer_html(answer: Answer, shade: bool = False) -> str:
+    """An answer as the Try page shows it: while it is written, or with `shade`, each word shaded by the model's
+    confidence; once finished, rendered as markdown like the Label page (bold, lists, code), safely."""
+    if shade or not answer.done:
+        return shaded_html(answer)
+    from labeling.render import markdown_html
+
+    return f"<div class='preflab-answer'>{markdown_html(answer.text)}</div>"
+
+
 def confidence_note(answer: Answer, threshold: float) -> str:
     m = answer.mean_logp
     if m is None:

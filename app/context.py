@@ -54,6 +54,11 @@ class AppContext:
         self.db = db or open_db(self.home / "preflab.duckdb")
         self.auth_required = auth_required
         self.supervisor = None   # set by app.server when the job supervisor starts
+        # login token -> the account's session epoch when it logged in (app.server records each login); a token
+        # first seen by `user` is taken to have started then. login_tokens: Gradio's token -> name, set by app.server
+        self.sessions: dict[str, int] = {}
+        self.login_tokens: dict | None = None
+        self.downloads: dict[str, set[str]] = {}   # an export's file name -> who made it (app.web_guard serves it)
 
     # -- paths --------------------------------------------------------------------------------------------
     @property
@@ -88,10 +93,44 @@ class AppContext:
         name = getattr(request, "username", None) if request is not None else None
         if not name:
             raise PermissionDenied("Please log in first.")
-        row = self.db.fetchone("SELECT name, role, site FROM annotators WHERE name = ?", [name])
+        row = self.db.fetchone("""SELECT name, role, site, coalesce(disabled, FALSE), coalesce(session_epoch, 0)
+                                  FROM annotators WHERE name = ?""", [name])
         if row is None:
             raise PermissionDenied(f"There is no account named {name!r}.")
-        return User(*row)
+        if row[3]:
+            raise PermissionDenied(f"The account {name} is disabled; ask an admin.")
+        token = session_token(request)
+        if token is not None and self.sessions.setdefault(token, row[4]) != row[4]:
+            self.end_session(token)
+            raise PermissionDenied("Your session has ended (the password was changed): please log in again.")
+        return User(*row[:3])
+
+    def session_ok(self, token: str, name: str) -> bool:
+        """Whether a login token may still be used: its account exists, is enabled, and has the session epoch it
+        logged in under (a password change or disabling ends every earlier session). Read without the lock:
+        app.web_guard asks on every request."""
+        row = self.db.reader().fetchone("""SELECT coalesce(disabled, FALSE), coalesce(session_epoch, 0)
+                                           FROM annotators WHERE name = ?""", [name])
+        return row is not None and not row[0] and self.sessions.setdefault(token, row[1]) == row[1]
+
+    def offer_download(self, path: str | Path, user: User) -> str:
+        """An export for `user` to download: readable on disk by this user only, and served to no one but the
+        admin(s) who made it (its file name is the key app.web_guard checks)."""
+        Path(path).chmod(0o600)
+        self.downloads.setdefault(Path(path).name, set()).add(user.name)
+        return str(path)
+
+    def end_session(self, token: str) -> None:
+        """Forget a login: Gradio's token (set by app.server) and the epoch it started under."""
+        self.sessions.pop(token, None)
+        if self.login_tokens is not None:
+            self.login_tokens.pop(token, None)
+
+
+def session_token(request: Any) -> str | None:
+    """The login token a request carries (Gradio's access-token cookie), None without one."""
+    cookies = getattr(request, "cookies", None) or {}
+    return next((v for k, v in cookies.items() if k.startswith("access-token")), None)
 
 
 def require_admin(user: User, action: str) -> User:

@@ -1,5 +1,5 @@
 """Launching runs from the app: freeze the selected labels into a snapshot, lay out the run directory (config.json,
-data/train.parquet, data/eval.parquet) and queue the run. The supervisor (app/supervisor.py) starts queued runs;
+data/train.parquet, data/eval.parquet: the evaluation set's rows, labeling/evalset.py) and queue the run. The supervisor (app/supervisor.py) starts queued runs;
 the job itself (python -m training) runs them."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import pandas as pd
 
 from app.context import AppContext, UserError
+from labeling import evalset
 from storage import rundir
 from storage.snapshots import create_snapshot
 from training.config import ConfigError, JobConfig
@@ -54,7 +55,10 @@ def _create_run_locked(ctx: AppContext, config: JobConfig, data: pd.DataFrame, n
     (run_dir / rundir.DATA).mkdir(parents=True)
     snap = None
     if config.kind == "train":
-        snap = create_snapshot(ctx.db, ctx.home, config.data_kind, data, filters)
+        es = evalset.current(ctx.db)
+        snap = create_snapshot(ctx.db, ctx.home, config.data_kind, data, filters, evalset_version=es["version"] or None)
+        if eval_data is None and es["version"]:   # every run is scored on the same evaluation set
+            eval_data = evalset.rows(ctx.db, config.data_kind)
         train, held = (data, eval_data) if eval_data is not None else split_eval(data, eval_fraction, config.seed)
     else:
         train, held = data, eval_data

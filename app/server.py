@@ -38,12 +38,36 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: bool = False) -> None
     demo = build_app(ctx)
     login = None
     if ctx.auth_required:
+        import asyncio
+
         from labeling.accounts import check_password
 
-        login = lambda name, password: check_password(ctx.db, name, password)  # noqa: E731
+        async def login(name: str, password: str) -> bool:
+            """bcrypt takes a quarter of a second: off the event loop, so a login never holds up others' labels."""
+            return await asyncio.to_thread(check_password, ctx.db, name, password)
+
+    def on_login(token: str, name: str, tokens) -> None:
+        """Remember the session epoch a login started under: a password change or disabling ends it."""
+        from labeling.accounts import session_state
+
+        ctx.login_tokens = tokens
+        state = session_state(ctx.db, name)
+        if state is not None:
+            ctx.sessions[token] = state[1]
+
     demo.queue(default_concurrency_limit=8)
+    from app.fair_queue import install
+
+    install(demo._queue)           # one person's burst does not stall the others
     from pathlib import Path
 
+    from starlette.middleware import Middleware
+
+    from app.web_guard import WebGuard
+
     keys_js = (Path(__file__).parent / "keys.js").read_text()
+    guard = Middleware(WebGuard, on_login=on_login, owners_of=ctx.downloads.get if ctx.auth_required else None,
+                       session_ok=ctx.session_ok if ctx.auth_required else None, login_required=ctx.auth_required)
+    # cross-origin actions refused, logins throttled, security headers: app.web_guard
     demo.launch(server_name=host, server_port=port, auth=login, share=False, show_error=False, css=CSS, js=keys_js,
-                ssr_mode=False, inbrowser=False)
+                ssr_mode=False, inbrowser=False, app_kwargs={"middleware": [guard]})

@@ -25,6 +25,7 @@ import pandas as pd
 from app.context import AppContext, UserError
 from app.devices import CPU, machine_gpus, next_launches
 from app.priority import LabelingFirst, continue_job
+from labeling import blind_eval
 from storage import rundir
 
 log = logging.getLogger("preflab.supervisor")
@@ -255,9 +256,23 @@ class Supervisor:
         if proc is not None and proc.poll() is None and devices:
             self._exiting[run_id] = (proc, devices)
         kind = self.db.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
-        if state == "finished" and kind == "generate":
+        if kind == "generate" and blind_eval.evaluation_of(self.db, run_id):
+            blind_eval.job_ended(self.db, run_id, state)   # answers for a blind evaluation, not the labeling queues
+        elif state == "finished" and kind == "generate":
             self._tasks_from_generations(run_id, run_dir)
+        elif state == "finished" and kind == "train":
+            self._score(run_id)
         log.info("run %s %s", run_id, state)
+
+    def _score(self, run_id: str) -> None:
+        """A finished training run is scored on the evaluation set, its base model once per set version
+        (app/scoring.py); a failure to queue that is logged, it never fails the run."""
+        from app.scoring import queue_scores
+
+        try:
+            queue_scores(self.ctx, run_id)
+        except Exception:  # noqa: BLE001 - the run itself finished fine
+            log.exception("could not queue the scoring of run %s", run_id)
 
     def _tasks_from_generations(self, run_id: str, run_dir: Path) -> None:
         """Answers of a generation job join the labeling queues: one good/bad task per answer, and a blind pair

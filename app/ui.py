@@ -15,6 +15,7 @@ PAGES = [
     ("Train", "app.pages.train"),
     ("Runs", "app.pages.runs"),
     ("Compare", "app.pages.compare"),
+    ("Evaluate", "app.pages.evaluate"),
     ("Try", "app.pages.try_model"),
 ]
 

@@ -1,14 +1,19 @@
-"""Training benchmarks: `python -m bench.training [--vs-trl] [--memory] [--quality]`, one JSON object on stdout.
+"""Training benchmarks: `python -m bench.training [--vs-trl] [--profile] [--memory] [--quality]`, one JSON object on stdout.
 
 The standard workload (issue: "Training core"): SmolLM2-135M + LoRA r=8 on the first 256 HH-RLHF pairs, batch 4,
 max length 256. HH prompts are whole dialogues, often longer than the limit; pairs whose chat-templated prompt
 does not fit in `max_prompt_length` tokens are passed over (TRL drops them too), so both trainers see the same
 token ids: prompt + (response + EOS), cut at `max_length`.
 
-- default: our steps/s and response tokens/s for SFT, DPO and KTO.
-- `--vs-trl`: TRL's DPOTrainer / KTOTrainer on the identical batches (same order, same LoRA initial weights, same
-  optimizer settings) in this process; steps/s ratio and the step-1 (and later) losses side by side. Our time
-  includes computing the cached reference log-probs; TRL's runs its reference forward every step (its default).
+- default: our steps/s and response tokens/s for SFT, DPO and KTO (references computed lazily, inside the steps).
+- `--vs-trl`: ours and TRL's DPOTrainer / KTOTrainer, each in its own fresh process as a user runs it, on the
+  identical batches (same order, same seeded LoRA start, same optimizer settings), for each LoRA target set of
+  `--targets` (all-linear, the job's default, and attention q, k, v, o). Per trainer: import, load (model, data),
+  first step, the rest, and the whole process from launch to exit; the step-rate ratio (ours / TRL's steps/s over
+  the training loop, our lazy references and TRL's per-step reference forward both inside it) and the
+  whole-process ratio (TRL's seconds / ours); the losses side by side.
+- `--profile`: where a step's time goes: phases (references, policy forward and loss, backward, KTO's mismatched
+  pairs, optimizer) of `--steps` steps on new batches, and the last step's top operators (torch.profiler).
 - `--memory`: peak memory of a DPO step against an SFT step on the same batch (the chosen answers), each in a
   fresh process; on CPU the process's peak resident set growth (VmHWM reset after loading), on GPU
   torch.cuda.max_memory_allocated.
@@ -75,7 +80,7 @@ def make_run_dir(root: Path, name: str, cfg: JobConfig, train: pd.DataFrame, eva
 
 
 def base_config(args, algorithm: str, **over) -> JobConfig:
-    settings = dict(algorithm=algorithm, model=str(args.model), lora=LoraConfig(r=8, alpha=16, dropout=0.0),
+    settings = dict(algorithm=algorithm, model=str(args.model), lora=lora(args),
                     batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                     learning_rate=args.learning_rate, max_steps=args.steps, seed=args.seed, checkpoint_every=0,
                     precision=args.precision)
@@ -111,7 +116,7 @@ def run_ours(cfg: JobConfig, run_dir: Path, steps: int, sequential: bool = True)
     torch.manual_seed(cfg.seed)
     tr = sequential_trainer(cfg, run_dir) if sequential else Trainer(cfg, run_dir)
     t0 = time.perf_counter()
-    tr.prepare()                     # loads the model, tokenizes, caches reference log-probs for `steps` steps
+    tr.prepare()                     # loads the model and tokenizes; references come with each batch's first use
     t_prepare = time.perf_counter() - t0
     losses, logs, tokens = [], [], 0
     t1 = time.perf_counter()
@@ -122,46 +127,32 @@ def run_ours(cfg: JobConfig, run_dir: Path, steps: int, sequential: bool = True)
     t_steps = time.perf_counter() - t1
     for i in range(steps * cfg.grad_accum):
         tokens += sum(len(r) for ex in tr.micro_batch(i) for r in ex.responses)
-    ref_time = _ref_cache_time(tr)
-    return {"losses": losses, "logs": logs, "steps": steps, "loop_s": t_steps, "reference_s": ref_time, "prepare_s": t_prepare,
-            "steps_per_s": steps / (t_steps + ref_time), "loop_steps_per_s": steps / t_steps,
-            "response_tokens_per_s": tokens / (t_steps + ref_time), "trainer": tr}
-
-
-def _ref_cache_time(tr) -> float:
-    """Time to recompute the cached reference log-probs (what prepare() spent on them)."""
-    path = tr.run_dir / "ref_logps.pt"
-    if not path.exists():
-        return 0.0
-    path.unlink()
-    t0 = time.perf_counter()
-    tr.cache_references()
-    return time.perf_counter() - t0
-
-
-def initial_lora_state(args) -> dict:
-    """The LoRA weights our trainer starts from (seeded), to start TRL's model from the very same ones."""
-    from training.modeling import add_lora, load_model, trainable_state
-
-    torch.manual_seed(args.seed)
-    return trainable_state(add_lora(load_model(args.model), LoraConfig(r=8, alpha=16, dropout=0.0)))
+    return {"losses": losses, "logs": logs, "steps": steps, "loop_s": t_steps, "prepare_s": t_prepare,
+            "steps_per_s": steps / t_steps, "response_tokens_per_s": tokens / t_steps, "trainer": tr}
 
 
 # -- TRL ----------------------------------------------------------------------------------------------------------------
-def run_trl(kind: str, args, rows: pd.DataFrame, init_state: dict, out_dir: Path) -> dict:
-    """TRL's trainer on the same rows: the prompt given as already chat-templated text (TRL adds the EOS)."""
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+TARGETS = {"all-linear": "all-linear", "attention": ATTENTION}
+
+
+def lora(args) -> LoraConfig:
+    return LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=TARGETS[args.targets])
+
+
+def trl_trainer(kind: str, args, rows: pd.DataFrame, out_dir: Path, on_step):
+    """TRL's trainer on the same rows from the same LoRA start (seeded as our trainer seeds it): the prompt given as
+    already chat-templated text (TRL adds the EOS). on_step(logs) is called at every step's log."""
     import datasets
     from transformers import TrainerCallback
 
     from training.data import encode_prompt
-    from training.modeling import add_lora, load_model, load_tokenizer, load_trainable_state
+    from training.modeling import add_lora, load_model, load_tokenizer
 
-    _fresh_accelerate_state()
     tok = load_tokenizer(args.model)
     text = {p: tok.decode(encode_prompt(tok, p)) for p in rows["prompt"].unique()}
     torch.manual_seed(args.seed)
-    model = add_lora(load_model(args.model), LoraConfig(r=8, alpha=16, dropout=0.0))
-    load_trainable_state(model, init_state)
+    model = add_lora(load_model(args.model), lora(args))
     common = dict(output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
                   learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
                   max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to="none",
@@ -169,100 +160,151 @@ def run_trl(kind: str, args, rows: pd.DataFrame, init_state: dict, out_dir: Path
                   beta=0.1, train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
                   bf16=args.precision == "bf16",   # TRL's default is bf16 autocast, even on a CPU: match ours
                   gradient_checkpointing=args.trl_gradient_checkpointing)
-    losses: list[dict] = []
 
     class Keep(TrainerCallback):
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
-                losses.append(dict(logs))
+                on_step(dict(logs))
 
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         ds = datasets.Dataset.from_dict({"prompt": [text[p] for p in rows["prompt"]],
                                          "chosen": list(rows["chosen"]), "rejected": list(rows["rejected"])})
-        trainer = DPOTrainer(model=model, args=DPOConfig(**common, loss_type=["sigmoid"]), train_dataset=ds,
-                             processing_class=tok, callbacks=[Keep()])
-    else:
-        from trl import KTOConfig, KTOTrainer
+        return DPOTrainer(model=model, args=DPOConfig(**common, loss_type=["sigmoid"]), train_dataset=ds,
+                          processing_class=tok, callbacks=[Keep()])
+    from trl import KTOConfig, KTOTrainer
 
-        ds = datasets.Dataset.from_dict({"prompt": [text[p] for p in rows["prompt"]],
-                                         "completion": list(rows["completion"]), "label": list(rows["label"])})
-        trainer = KTOTrainer(model=model, args=KTOConfig(**common, desirable_weight=1.0, undesirable_weight=1.0),
-                             train_dataset=ds, processing_class=tok, callbacks=[Keep()])
-    import contextlib
-
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):      # the HF Trainer prints its log dicts
-        trainer.train()
-    elapsed = time.perf_counter() - t0
-    return {"losses": [l["loss"] for l in losses], "logs": losses, "steps": args.steps, "train_s": elapsed,
-            "steps_per_s": args.steps / elapsed, "dataset": trainer.train_dataset}
+    ds = datasets.Dataset.from_dict({"prompt": [text[p] for p in rows["prompt"]],
+                                     "completion": list(rows["completion"]), "label": list(rows["label"])})
+    return KTOTrainer(model=model, args=KTOConfig(**common, desirable_weight=1.0, undesirable_weight=1.0),
+                      train_dataset=ds, processing_class=tok, callbacks=[Keep()])
 
 
-def same_tokens(ours_trainer, trl_dataset, kind: str, n: int) -> bool:
-    """Do both trainers see the same token ids for the first n examples?"""
+def token_ids(kind: str, rows, n: int) -> list[list[list[int]]]:
+    """Each of the first n examples' sequences as prompt + response ids, from our Example or TRL's dataset row."""
+    out = []
     for i in range(n):
-        ex, row = ours_trainer.examples[i], trl_dataset[i]
-        if kind == "dpo":
-            want = [(ex.prompt, ex.responses[0]), (ex.prompt, ex.responses[1])]
-            got = [(row["prompt_ids"], row["chosen_ids"]), (row["prompt_ids"], row["rejected_ids"])]
+        r = rows[i]
+        if isinstance(r, dict):
+            names = ("chosen_ids", "rejected_ids") if kind == "dpo" else ("completion_ids",)
+            out.append([list(r["prompt_ids"]) + list(r[c]) for c in names])
         else:
-            want, got = [(ex.prompt, ex.responses[0])], [(row["prompt_ids"], row["completion_ids"])]
-        for (wp, wr), (gp, gr) in zip(want, got):
-            if list(wp) + list(wr) != (list(gp) + list(gr))[: len(wp) + len(wr)]:
-                return False
-    return True
+            out.append([list(r.prompt) + list(resp) for resp in r.responses])
+    return out
 
 
-def warm_up(args, tok, pairs: pd.DataFrame) -> None:
-    """One untimed forward and backward, so neither trainer pays the process's first-call costs (allocator
-    growth, kernel selection) inside its timing."""
-    from training.data import make_batch, tokenize
-    from training.modeling import add_lora, load_model, response_logps
-
-    model = add_lora(load_model(args.model), LoraConfig(r=8, alpha=16, dropout=0.0))
-    b = make_batch(tokenize(pairs.head(args.batch_size), tok, "pairs", args.max_length, args.max_prompt_length),
-                   "pairs", tok.pad_token_id)
-    for _ in range(2):
-        response_logps(model, b.input_ids, b.attention_mask, b.response_mask).logps.sum().backward()
-        model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float().mean().backward()
+def same_tokens(ours: list, trl: list) -> bool:
+    """Do both trainers see the same token ids? (TRL may keep ids past max_length that its collator cuts.)"""
+    return len(ours) == len(trl) and all(len(a) == len(b) and all(list(x) == list(y)[:len(x)] for x, y in zip(a, b))
+                                         for a, b in zip(ours, trl))
 
 
-def vs_trl(args, work: Path) -> dict:
+# -- one whole process ------------------------------------------------------------------------------------------------
+def whole_process_child(who: str, kind: str, args, work: Path, launched: float) -> dict:
+    """One trainer as a user meets it, in a fresh process: imports, loading (model, data), the first step, the
+    rest. Times from `launched` (the parent's clock when it started this process)."""
+    t = {"import_s": time.time() - launched}      # the interpreter, torch and this module
+    if who == "ours":
+        import training.trainer  # noqa: F401
+    else:
+        import trl  # noqa: F401
+    t["import_s"] = time.time() - launched
     from training.modeling import load_tokenizer
 
     tok = load_tokenizer(args.model)
     pairs = fitting(hh_pairs(args.data), tok, args.max_prompt_length, args.pairs)
-    init = initial_lora_state(args)
-    warm_up(args, tok, pairs)
+    rows = pairs if kind == "dpo" else interleaved_unpaired(pairs)
+    steps: list[tuple[float, float]] = []          # (wall clock, loss) at each step's log
+    t0 = time.time()
+    if who == "ours":
+        cfg = base_config(args, kind)
+        run = make_run_dir(work, f"ours-{kind}-{args.targets}", cfg, rows)
+        tr = sequential_trainer(cfg, run).prepare()
+        t_loaded = time.time()
+        state = tr.train()                          # the job's own loop: metrics, instances, the adapter at the end
+        assert state == "finished", state
+        lines = [r for r in rundir.read_metrics(run)[0] if r.get("split") == "train"]
+        steps = [(r["time"], r["loss"]) for r in lines]
+        ids = token_ids(kind, tr.examples, min(len(rows), 64))
+        extra = {"reference_forwards": tr.ref_forwards}
+    else:
+        logs: list[dict] = []
+        trainer = trl_trainer(kind, args, rows, work / f"trl-{kind}-{args.targets}",
+                              lambda d: (logs.append(d), steps.append((time.time(), d["loss"]))))
+        t_loaded = time.time()
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):      # the HF Trainer prints its log dicts
+            trainer.train()
+        ids = token_ids(kind, trainer.train_dataset, min(len(rows), 64))
+        extra = {}
+    t_end = time.time()
+    t.update(load_s=t_loaded - t0, first_step_s=steps[0][0] - t_loaded, rest_s=steps[-1][0] - steps[0][0],
+             loop_s=t_end - t_loaded, first_point_s=steps[0][0] - launched)
+    return {**{k: round(v, 2) for k, v in t.items()}, "steps": len(steps), "steps_per_s": len(steps) / t["loop_s"],
+            "losses": [loss for _, loss in steps], "token_ids": ids, **extra}
+
+
+def whole_process(who: str, kind: str, args, work: Path) -> dict:
+    """Run `whole_process_child` in a fresh interpreter and time it from launch to exit."""
+    cmd = [sys.executable, "-m", "bench.training", "--_whole-child", who, kind, "--model", str(args.model),
+           "--data", str(args.data), "--pairs", str(args.pairs), "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+           "--max-prompt-length", str(args.max_prompt_length), "--learning-rate", str(args.learning_rate),
+           "--seed", str(args.seed), "--precision", args.precision, "--targets", args.targets,
+           "--threads", str(args.threads), "--work", str(work)]
+    if args.trl_gradient_checkpointing:
+        cmd.append("--trl-gradient-checkpointing")
+    launched = time.time()
+    proc = subprocess.run(cmd + ["--_launched", repr(launched)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.time() - launched
+    if proc.returncode != 0:
+        raise RuntimeError(f"{who} {kind}: {proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["whole_s"] = round(wall, 2)
+    log(f"{who} {kind} {args.targets}: " + json.dumps({k: v for k, v in out.items() if k not in ("token_ids", "losses")}))
+    return out
+
+
+def vs_trl(args, work: Path) -> dict:
+    """Ours and TRL's, each in its own fresh process, on every LoRA target set and algorithm asked for."""
+    from training.modeling import load_tokenizer
+
+    pairs = fitting(hh_pairs(args.data), load_tokenizer(args.model), args.max_prompt_length, args.pairs)
     out = {"workload": {"pairs": len(pairs), "batch_size": args.batch_size, "max_length": args.max_length,
                         "max_prompt_length": args.max_prompt_length, "steps": args.steps, "lora_r": 8,
                         "precision": args.precision, "trl_gradient_checkpointing": args.trl_gradient_checkpointing}}
-    for kind in args.algorithms:
-        rows = pairs if kind == "dpo" else interleaved_unpaired(pairs)
-        cfg = base_config(args, kind)
-        log(f"{kind}: ours, {args.steps} steps")
-        ours = run_ours(cfg, make_run_dir(work, f"ours-{kind}", cfg, rows), args.steps)
-        log(f"{kind}: ours {ours['steps_per_s']:.3f} steps/s; TRL next")
-        trl = run_trl(kind, args, rows, init, work / f"trl-{kind}")
-        ratio = ours["steps_per_s"] / trl["steps_per_s"]
-        log(f"{kind}: TRL {trl['steps_per_s']:.3f} steps/s, ratio {ratio:.2f}")
-        out[kind] = {
-            "ours_steps_per_s": round(ours["steps_per_s"], 4),
-            "ours_loop_steps_per_s": round(ours["loop_steps_per_s"], 4),
-            "ours_reference_s": round(ours["reference_s"], 2),
-            "ours_response_tokens_per_s": round(ours["response_tokens_per_s"], 1),
-            "trl_steps_per_s": round(trl["steps_per_s"], 4),
-            "speedup": round(ratio, 3),
-            "same_token_ids": same_tokens(ours["trainer"], trl["dataset"], kind, min(len(rows), 64)),
-            "loss_ours": [round(x, 6) for x in ours["losses"]],
-            "loss_trl": [round(x, 6) for x in trl["losses"]],
-            "step1_loss_equal": bool(trl["losses"]) and abs(ours["losses"][0] - trl["losses"][0]) < 1e-4,
-            "max_loss_difference": round(max(abs(a - b) for a, b in zip(ours["losses"], trl["losses"])), 6),
-            "logps_chosen_ours": [round(x["logps/chosen"], 3) for x in ours["logs"] if "logps/chosen" in x],
-            "logps_chosen_trl": [round(x["logps/chosen"], 3) for x in trl["logs"] if "logps/chosen" in x],
-        }
+    runs = [(targets, kind, who) for targets in args.targets_list for kind in args.algorithms for who in ("ours", "trl")]
+    if args.parallel:      # all at once: on a machine others load too, each trainer meets the same load
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(run):
+            return whole_process(run[2], run[1], argparse.Namespace(**{**vars(args), "targets": run[0]}), work)
+
+        with ThreadPoolExecutor(len(runs)) as pool:
+            done = dict(zip(runs, pool.map(one, runs)))
+    else:
+        done = {}
+        for run in runs:
+            args.targets = run[0]
+            done[run] = whole_process(run[2], run[1], args, work)
+    for targets in args.targets_list:
+        out[targets] = {}
+        for kind in args.algorithms:
+            ours, trl = done[(targets, kind, "ours")], done[(targets, kind, "trl")]
+            r = {"step_rate_ratio": round(ours["steps_per_s"] / trl["steps_per_s"], 3),
+                 "whole_process_ratio": round(trl["whole_s"] / ours["whole_s"], 3)}
+            log(f"{targets} {kind}: ours {ours['whole_s']} s, TRL {trl['whole_s']} s whole; {r}")
+            lo, lt = ours.pop("losses"), trl.pop("losses")
+            same = same_tokens(ours.pop("token_ids"), trl.pop("token_ids"))
+            out[targets][kind] = {
+                **r, "ours": ours, "trl": trl, "same_token_ids": same,
+                "loss_ours": [round(x, 6) for x in lo], "loss_trl": [round(x, 6) for x in lt],
+                "step1_loss_equal": bool(lt) and abs(lo[0] - lt[0]) < 1e-4,
+                "max_loss_difference": round(max(abs(a - b) for a, b in zip(lo, lt)), 6),
+            }
     return out
 
 
@@ -280,8 +322,67 @@ def speed(args, work: Path) -> dict:
         cfg = base_config(args, kind)
         r = run_ours(cfg, make_run_dir(work, f"speed-{kind}", cfg, rows), args.steps, sequential=False)
         out[kind] = {"steps_per_s": round(r["steps_per_s"], 4), "response_tokens_per_s": round(r["response_tokens_per_s"], 1),
-                     "reference_s": round(r["reference_s"], 2)}
+                     "prepare_s": round(r["prepare_s"], 2)}
         log(f"{kind}: {out[kind]}")
+    return out
+
+
+# -- one step, profiled ---------------------------------------------------------------------------------------------------
+def profile(args, work: Path) -> dict:
+    """Where one step's time goes: a warm-up step, then `--steps` steps on new batches (so each computes its
+    references lazily, as in a run's first epoch), timed by phase, and the top operators of the last by self CPU time
+    (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from training.modeling import load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    pairs = fitting(hh_pairs(args.data), tok, args.max_prompt_length, args.pairs)
+    out = {}
+    for kind in args.algorithms:
+        rows = pairs if kind == "dpo" else interleaved_unpaired(pairs)
+        cfg = base_config(args, kind, max_steps=args.steps + 1)
+        _fresh_accelerate_state()
+        tr = sequential_trainer(cfg, make_run_dir(work, f"profile-{kind}", cfg, rows)).prepare()
+        tr.train_step()
+        phases = {"references (no grad)": 0.0, "policy backward": 0.0, "KL pairs, policy (no grad)": 0.0,
+                  "optimizer": 0.0}
+
+        busy = []           # the reference pass calls tr.logps too: only the outermost timed call counts
+
+        def timed(name, f):
+            def g(*a, **k):
+                t0, outer = time.perf_counter(), not busy
+                busy.append(name)
+                try:
+                    return f(*a, **k)
+                finally:
+                    busy.pop()
+                    if outer:
+                        phases[name] += time.perf_counter() - t0
+            return g
+
+        tr.ensure_references = timed("references (no grad)", tr.ensure_references)
+        tr.accelerator.backward = timed("policy backward", tr.accelerator.backward)
+        tr.logps = timed("KL pairs, policy (no grad)", tr.logps)      # the policy's own forward goes to tr.policy
+        tr.optimizer.step = timed("optimizer", tr.optimizer.step)
+        total = 0.0
+        for i in range(args.steps):
+            t0 = time.perf_counter()
+            if i == args.steps - 1:
+                with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                    tr.train_step()
+            else:
+                tr.train_step()
+            total += time.perf_counter() - t0
+        phases["policy forward and loss"] = total - sum(phases.values())
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+        op_total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        out[kind] = {"steps": args.steps, "step_s": round(total / args.steps, 2),
+                     "phases_share": {k: round(v / total, 3) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+                     "top_ops_share": {e.key: round(e.self_cpu_time_total / op_total, 3) for e in ops}}
+        log(f"profile {kind}: {out[kind]}")
     return out
 
 
@@ -434,9 +535,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="bf16 autocast is several times faster on CPUs with AVX512-BF16 or AMX")
     ap.add_argument("--algorithms", nargs="+", default=["dpo", "kto"], choices=["dpo", "kto"])
     ap.add_argument("--vs-trl", action="store_true")
+    ap.add_argument("--targets", dest="targets_list", nargs="+", choices=list(TARGETS), default=list(TARGETS),
+                    help="LoRA targets: all-linear (the default of a job) and attention (q, k, v, o); --vs-trl "
+                         "runs each, the other modes the first")
+    ap.add_argument("--parallel", action="store_true",
+                    help="--vs-trl: start every trainer's process at once, so on a machine others load too each "
+                         "meets the same load (ratios only; absolute times are then shared-machine times)")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="run TRL with its default gradient checkpointing (off here: the faster TRL baseline)")
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="where a step's time goes (phases, top operators)")
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--quality-train", type=int, default=2000)
     ap.add_argument("--quality-steps", type=int, default=500)
@@ -445,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_whole-child", dest="whole_child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_launched", dest="launched", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.targets = args.targets_list[0]
     if not (args.model / "config.json").exists():
         print(json.dumps({"error": f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."}))
         return 2
@@ -462,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("trl").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="preflab-bench-") as tmp:
         work = args.work or Path(tmp)
+        if args.whole_child:
+            print(json.dumps(whole_process_child(*args.whole_child, args, Path(tempfile.mkdtemp(dir=work)),
+                                                 args.launched)))
+            return 0
         if args.memory_child:
             print(json.dumps(memory_child(args.memory_child, args, Path(tempfile.mkdtemp(dir=work)))))
             return 0
@@ -473,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
             result["memory"] = memory(args, work)
         if args.quality:
             result["quality"] = quality(args, work)
-        if not (args.vs_trl or args.memory or args.quality):
+        if args.profile:
+            result["profile"] = profile(args, work)
+        if not (args.vs_trl or args.memory or args.quality or args.profile):
             result["speed"] = speed(args, work)
     print(json.dumps(result, default=str))
     return 0

@@ -33,9 +33,11 @@ def deciding_sql(where: str = "TRUE") -> str:
                   OR task_id NOT IN (SELECT task_id FROM cur WHERE source = 'resolution'))"""
 
 
-def deciding_labels(db: Database, sites=None, annotators=None, since=None, until=None) -> pd.DataFrame:
+def deciding_labels(db: Database, sites=None, annotators=None, since=None, until=None,
+                    with_evaluation: bool = False) -> pd.DataFrame:
     """The labels that decide each task (see `deciding_sql`) from these sites, annotators and dates, with the
-    task's text."""
+    task's text. Judgments in blind evaluations (tasks of purpose 'evaluation': the Evaluate mode, Try-page
+    side-by-side picks) are left out unless `with_evaluation`: measuring a model must not change its training data."""
     where, params = ["TRUE"], []
     if annotators:
         where.append(f"annotator IN ({', '.join('?' * len(annotators))})")
@@ -46,12 +48,13 @@ def deciding_labels(db: Database, sites=None, annotators=None, since=None, until
     if until:
         where.append("created_at <= ?")
         params.append(until)
-    site_filter = ""
+    site_filter = "WHERE TRUE" if with_evaluation else "WHERE t.purpose <> 'evaluation'"
     if sites:
-        site_filter = f"WHERE t.site IN ({', '.join('?' * len(sites))})"
+        site_filter += f" AND t.site IN ({', '.join('?' * len(sites))})"
         params += list(sites)
     return db.df(f"""
-        SELECT t.id AS task_id, t.kind, t.site, p.text AS prompt, ra.text AS response_a, rb.text AS response_b,
+        SELECT t.id AS task_id, t.kind, t.site, t.prompt_id, p.text AS prompt, ra.text AS response_a,
+               rb.text AS response_b,
                a.annotator, a.value, a.text, a.created_at, a.source
         FROM {deciding_sql(' AND '.join(where))} a JOIN tasks t ON t.id = a.task_id
         JOIN prompts p ON p.id = t.prompt_id
@@ -77,12 +80,23 @@ def _majority(labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_rows(db: Database, data_kind: str, sites=None, annotators=None, since=None, until=None,
-                  min_agreement: float | None = None, ties: str = "drop") -> pd.DataFrame:
-    labels = deciding_labels(db, sites, annotators, since, until)
+                  min_agreement: float | None = None, ties: str = "drop",
+                  with_evaluation: bool = False, exclude_evalset: bool = True,
+                  drop_conflicts: bool = True) -> pd.DataFrame:
+    """The rows a run of `data_kind` trains on (see the module docstring). Prompts of the evaluation set are never
+    trained on (`exclude_evalset=False` gives the evaluation rows' source, labeling.evalset.rows); answers with
+    conflicting labels (labeling.conflicts) are left out unless `drop_conflicts=False`."""
+    from labeling import conflicts, evalset
+
+    labels = deciding_labels(db, sites, annotators, since, until, with_evaluation)
+    if exclude_evalset:
+        labels = labels[~labels["prompt_id"].isin(evalset.prompt_ids(db))]
     tasks = labels.drop_duplicates("task_id").set_index("task_id")[["kind", "site", "prompt", "response_a", "response_b"]]
     maj = _majority(labels[labels.kind != "write"]).set_index("task_id").join(tasks, how="left")
     if min_agreement is not None:
         maj = maj[maj["agreement"] >= min_agreement]
+    if drop_conflicts:
+        maj = maj[~maj.index.isin(conflicts.conflicting_tasks(maj))]
     rows: list[dict] = []
     base = lambda tid, r: {"task_id": tid, "site": r["site"], "prompt": r["prompt"],  # noqa: E731
                            "n_votes": int(r["n_votes"]), "agreement": float(r["agreement"])}
@@ -137,9 +151,24 @@ def data_summary(db: Database) -> dict:
                            FROM {VOTES} v JOIN tasks t ON t.id = v.task_id GROUP BY ALL ORDER BY ALL"""),
         "per_annotator": q(f"""SELECT annotator, count(*) AS labels, min(created_at) AS first, max(created_at) AS last
                                FROM {VOTES} v GROUP BY ALL ORDER BY labels DESC"""),
-        "pair_outcomes": q(f"""SELECT value, count(*) AS n FROM {VOTES} v JOIN tasks t ON t.id = v.task_id
+        # a/b by the side the labeler saw it on (left/right), as they decided; imported votes were never shown
+        "pair_outcomes": q(f"""SELECT CASE WHEN value IN ('a', 'b') AND shown_order IN ('ab', 'ba')
+                                           THEN CASE WHEN left(shown_order, 1) = value THEN 'left' ELSE 'right' END
+                                           ELSE value END AS value, count(*) AS n
+                               FROM {VOTES} v JOIN tasks t ON t.id = v.task_id
                                WHERE t.kind = 'pair' GROUP BY ALL ORDER BY ALL"""),
     }
+
+
+def label_counts(db: Database) -> dict[str, int]:
+    """Current labels by what they can train: decided pairs, good and bad answers, written answers (the Train
+    page's "which algorithm fits" line; votes, before majorities and filters)."""
+    row = db.fetchall(f"""SELECT count(*) FILTER (WHERE t.kind = 'pair' AND v.value IN ('a', 'b')),
+                                 count(*) FILTER (WHERE t.kind = 'single' AND v.value = 'good'),
+                                 count(*) FILTER (WHERE t.kind = 'single' AND v.value = 'bad'),
+                                 count(*) FILTER (WHERE t.kind = 'write' AND v.value = 'written')
+                          FROM {VOTES} v JOIN tasks t ON t.id = v.task_id WHERE t.purpose = 'label'""")[0]
+    return dict(zip(("pairs", "good", "bad", "written"), (int(x or 0) for x in row)))
 
 
 def annotator_names(db: Database) -> list[str]:

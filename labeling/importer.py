@@ -13,19 +13,26 @@ names file, line and field for every problem. Recognised shapes (after the optio
     prompt, completion, label               an unpaired label (TRL KTO)           -> 'single' task + annotation
     messages                                a conversation; the last assistant turn is the completion (SFT)
 Optional columns: site, annotator, id. Labels from a file become annotations with source 'import'.
+A file past the size or row limit is refused before it is parsed, and the parse's memory is bounded
+(labeling.import_limits); what is wrong with a file the reader refuses is found line by line (labeling.import_problems).
 """
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-from labeling import ids
+from labeling import ids, import_limits
+from labeling.import_problems import csv_header, csv_problem, scan_jsonl, unreadable, without_lines
 from storage.db import Database, lookup_indexes_dropped
 
+log = logging.getLogger("preflab")
 REBUILD_INDEXES_FROM = 50_000   # new items in one import: drop the lookup indexes, build them once after
 MAX_CHARS = 100_000         # longer text is refused: it cannot be labeled or trained on sensibly
 TEXT_FIELDS = ("prompt", "response", "response_a", "response_b", "completion", "chosen", "rejected")
@@ -92,37 +99,12 @@ def _read(con: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> None:
     """Load the file into the temp table `raw` (all columns as DuckDB infers them) with its row number."""
     p = str(path).replace("'", "''")
     if fmt == "jsonl":
-        src = f"read_json('{p}', format='newline_delimited', records=true, union_by_name=true, maximum_object_size=67108864)"
+        src = f"read_json('{p}', format='newline_delimited', records=true, union_by_name=true, maximum_object_size=16777216)"
     elif fmt == "csv":
         src = f"read_csv('{p}', header=true, all_varchar=true, strict_mode=true)"
     else:
         src = f"read_parquet('{p}')"
     con.execute(f"CREATE OR REPLACE TEMP TABLE raw AS SELECT row_number() OVER () AS _row, * FROM {src}")
-
-
-def _scan_jsonl(path: Path, problems: _Problems, limit: int = 50) -> None:
-    """Slow, exact pass used only when DuckDB refuses the file: find the lines that are not UTF-8 JSON objects."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if len(problems.items) >= limit:
-                break
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problems.add(i, None, f"not valid UTF-8 (byte {e.start})")
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                problems.add(i, None, f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.add(i, None, "not a JSON object")
 
 
 def _line_numbers(path: Path, fmt: str) -> list[int] | None:
@@ -159,36 +141,68 @@ def import_file(db: Database, path: str | Path, site: str | None = None, require
         problems.add(None, None, str(e).split(": ", 1)[-1])
         summary["errors"] = 1
         return summary
-    con = duckdb.connect(":memory:")   # parse and check in a scratch database; the real one is touched only to insert
     try:
-        try:
-            _read(con, path, fmt)
-        except (duckdb.Error, UnicodeDecodeError) as e:
+        import_limits.check(path, fmt, *import_limits.limits(db))
+    except ValueError as e:                 # too big, or not the gzip/Parquet it claims to be: nothing is parsed
+        problems.add(None, None, str(e))
+        summary["errors"] = 1
+        return summary
+    # parse and check in a scratch database with bounded memory (it spills to `scratch`); the real one is touched
+    # only to insert
+    scratch = Path(tempfile.mkdtemp(prefix="preflab-import-"))
+    con = duckdb.connect(":memory:", config={"memory_limit": import_limits.SCRATCH_MEMORY, "threads": 2,
+                                             "temp_directory": str(scratch)})
+    con.execute("SET enable_progress_bar = false")      # the command line prints one line of JSON, nothing else
+    try:
+        read_path, bad_lines = path, set()
+        refused = _reads(con, path, fmt)
+        if refused is not None:
+            log.info("import of %s: the reader refused it: %s", path.name, _first_line(refused))
             if fmt == "jsonl":
-                _scan_jsonl(path, problems)
-            if not problems.items:
-                problems.add(None, None, f"could not be read as {fmt.upper()}: {_first_line(e)}")
+                bad_lines = scan_jsonl(path, problems, limit=None if skip_bad_rows else 50)
+            if bad_lines and skip_bad_rows:                  # skip them: read the rest
+                read_path = without_lines(path, bad_lines, scratch)
+                refused = _reads(con, read_path, fmt)
+            elif bad_lines:
+                summary["errors"] = len(problems.items)
+                return summary
+        if refused is not None:
+            problems.add(None, None, (fmt == "csv" and csv_problem(path)) or unreadable(fmt, refused))
             summary["errors"] = len(problems.items)
             return summary
         cols = [r[0] for r in con.execute("DESCRIBE raw").fetchall()]
+        if fmt == "csv" and cols[1:] != csv_header(path):   # the sniffer guessed around a malformed line
+            problems.add(None, None, csv_problem(path) or "the header line could not be read as CSV columns")
+            summary["errors"] = 1
+            return summary
         rename = _resolve_columns(cols, mapping or {}, problems)
         if rename is None:
             summary["errors"] = len(problems.items)
             return summary
         shape = summary["shape"] = next(s for s, need in SHAPES if all(f in rename for f in need))
-        _normalise(con, shape, rename, site, path, fmt, problems)
-        summary["rows"] = int(con.execute("SELECT count(*) FROM raw").fetchone()[0])
-        bad = int(con.execute("SELECT count(*) FROM norm WHERE _bad").fetchone()[0])
+        _normalise(con, shape, rename, site, read_path, fmt, problems)
+        summary["rows"] = int(con.execute("SELECT count(*) FROM raw").fetchone()[0]) + len(bad_lines)
+        bad = int(con.execute("SELECT count(*) FROM norm WHERE _bad").fetchone()[0]) + len(bad_lines)
         summary["errors"] = len(problems.items)
         if bad and not skip_bad_rows:
             return summary
         summary["skipped"] = bad
-        counts = _insert(db, con, shape, required, annotator, path)
+        counts = _insert(db, con, shape, required, annotator, path, scratch)
         summary.update(counts)
         summary["ok"] = True
         return summary
     finally:
         con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _reads(con, path: Path, fmt: str) -> Exception | None:
+    """Read the file into `raw`; the reader's error when it refuses the file."""
+    try:
+        _read(con, path, fmt)
+    except (duckdb.Error, UnicodeDecodeError) as e:
+        return e
+    return None
 
 
 def _first_line(e: Exception) -> str:
@@ -218,7 +232,13 @@ def _normalise(con, shape: str, rename: dict[str, str], site: str | None, path: 
                problems: _Problems) -> None:
     """Build temp table `norm` (prompt, a, b, label, site, annotator, ext_id, _row, _bad) and report problems."""
     q = lambda c: '"' + rename[c].replace('"', '""') + '"'  # noqa: E731
-    opt = lambda c: f"CAST({q(c)} AS VARCHAR)" if c in rename else "NULL"  # noqa: E731
+    types = {r[0]: r[1] for r in con.execute("DESCRIBE raw").fetchall()}
+
+    def opt(c: str) -> str:
+        """An optional column as text; a column mixing numbers and text (typed JSON) without JSON's quotes."""
+        if c not in rename:
+            return "NULL"
+        return f"json_extract_string({q(c)}, '$')" if types[rename[c]] == "JSON" else f"CAST({q(c)} AS VARCHAR)"
     site_sql = f"coalesce({opt('site')}, ?)" if site is not None else opt("site")
     params = [site] if site is not None else []
     fields = (None, None, None)
@@ -235,7 +255,6 @@ def _normalise(con, shape: str, rename: dict[str, str], site: str | None, path: 
             lab = f"lower(trim(trim(CAST({q('label')} AS VARCHAR)), '\"'))"
             label = (f"CASE WHEN {lab} IN ({_sql_list(TRUE_LABELS)}) THEN TRUE "
                      f"WHEN {lab} IN ({_sql_list(FALSE_LABELS)}) THEN FALSE END")
-        types = {r[0]: r[1] for r in con.execute("DESCRIBE raw").fetchall()}
         text = lambda c: _text(q(c), types[rename[c]]) if c else "NULL"  # noqa: E731
         con.execute(f"""CREATE OR REPLACE TEMP TABLE norm AS SELECT _row,
             {text(p)} AS prompt, {text(a)} AS a, {text(b)} AS b,
@@ -340,7 +359,8 @@ TASK_KIND = {"preference": "pair", "implicit_preference": "pair", "pair": "pair"
              "unpaired": "single", "sft": "write", "messages": "write", "prompts": None}
 
 
-def _insert(db: Database, scratch, shape: str, required: int | None, annotator: str | None, path: Path) -> dict:
+def _insert(db: Database, scratch, shape: str, required: int | None, annotator: str | None, path: Path,
+            folder: Path) -> dict:
     """Compute content ids in the scratch database, then move the new rows into the real one in one
     transaction. Ids are hashes, so re-importing the same content finds it already there."""
     kind = TASK_KIND[shape]
@@ -361,15 +381,23 @@ def _insert(db: Database, scratch, shape: str, required: int | None, annotator: 
     scratch.execute(f"""CREATE OR REPLACE TEMP TABLE items AS
         SELECT * FROM staged3 QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _row) = 1""")
     n_rows = scratch.execute("SELECT count(*) FROM staged3").fetchall()[0][0]
-    arrow = scratch.sql("SELECT * FROM items").to_arrow_table()
+    # handed over as a Parquet file the real database streams from, not as a table in this process's memory
+    items_file = str(folder / "items.parquet").replace("'", "''")
+    scratch.execute(f"COPY items TO '{items_file}' (FORMAT parquet)")
+    import pyarrow.dataset
+
+    arrow = pyarrow.dataset.dataset(str(folder / "items.parquet"))
+    n_items = arrow.count_rows()
     with db.lock:   # nothing else writes between counting what is new and inserting it
         con = db.con
+        usual = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        con.execute(f"SET memory_limit = '{import_limits.INSERT_MEMORY}'")   # a big insert spills, not swells
         try:
             with db.transaction():   # its BEGIN also ends any result an earlier statement left open (register needs that)
                 con.register("incoming", arrow)
                 before = con.execute(f"SELECT count(*) FROM incoming i WHERE EXISTS (SELECT 1 FROM "
                                      f"{'tasks' if kind else 'prompts'} t WHERE t.id = i.{key})").fetchone()[0]
-            with lookup_indexes_dropped(db, len(arrow) - before >= REBUILD_INDEXES_FROM), db.transaction():
+            with lookup_indexes_dropped(db, n_items - before >= REBUILD_INDEXES_FROM), db.transaction():
                 con.execute("""INSERT INTO prompts (id, text, site, source, external_id, import_id)
                     SELECT DISTINCT ON (prompt_id) prompt_id, prompt, site, ?, ext_id, ? FROM incoming i
                     WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.id = i.prompt_id)""", [path.name, import_id])
@@ -394,10 +422,11 @@ def _insert(db: Database, scratch, shape: str, required: int | None, annotator: 
                         annotations = con.execute(f"""INSERT INTO annotations (task_id, annotator, value, text, source, site)
                             SELECT task_id, coalesce(annotator, ?), {value}, {text}, 'import', site FROM incoming i
                             WHERE i.task_id IN (SELECT id FROM tasks WHERE batch = ?)""", [who, import_id]).fetchone()[0]
-                new = len(arrow) - before
+                new = n_items - before
                 con.execute("INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, current_timestamp)",
                             [import_id, str(path), shape, None, n_rows, new, n_rows - new, 0])
         finally:
             con.unregister("incoming")
+            con.execute(f"SET memory_limit = '{usual}'")
     return {"new": int(new), "duplicates": int(n_rows - new), "tasks_created": int(tasks or 0),
             "annotations_created": int(annotations or 0), "import_id": import_id}

@@ -24,6 +24,7 @@ def export(db: Database, kind: str, out_path: str | Path, ties: str = "drop", **
         df.to_json(tmp, orient="records", lines=True, force_ascii=False)
     else:
         raise ValueError(f"{out.name}: export to .jsonl or .parquet.")
+    tmp.chmod(0o600)           # labels and annotator names: readable by this user only
     tmp.replace(out)
     return {"ok": True, "kind": kind, "file": str(out), "rows": len(df),
             "sites": sorted(s for s in df["site"].dropna().unique())}

@@ -125,15 +125,20 @@ TASK_COLS = "t.id, t.kind, t.prompt_id, t.response_a, t.response_b, t.site, t.re
 
 
 def next_task(db: Database, annotator: str, kind: str | None = None, site: str | None = None,
-              lease_s: int = 300, rng: random.Random | None = None) -> dict | None:
+              lease_s: int = 300, rng: random.Random | None = None, purpose: str = "label") -> dict | None:
     """The next task for this annotator, leased to them for lease_s seconds: never one they already labeled or
     skipped, never a complete one, never one whose open slots are all leased to others. A task already leased to
     them comes back first (a page reload shows the same task); otherwise tasks closest to complete come first
-    (finish what others started), then a per-annotator shuffle."""
-    filters, fparams = "", []
+    (finish what others started), then a per-annotator shuffle. `purpose` 'evaluation' serves the blind evaluation
+    tasks (the Evaluate mode), which the labeling queues ('label') never show."""
+    filters, fparams = " AND t.purpose = ?", [purpose]
     if kind:
         filters += " AND t.kind = ?"
         fparams.append(kind)
+    only = own_site(db, annotator)
+    if only is not None and site not in (None, only):
+        return None                          # an annotator kept to a site is served nothing from other sites
+    site = only or site
     if site:
         filters += " AND t.site = ?"
         fparams.append(site)
@@ -165,7 +170,8 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
         db.execute("DELETE FROM leases WHERE annotator = ? AND task_id <> ?", [annotator, row[0]])
         db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
                    [row[0], annotator, now + timedelta(seconds=lease_s)])
-        return _task_view(db, row, rng or random.Random())
+        # a held pair shown again (a reload) keeps its sides: its order is drawn once per task and person
+        return _task_view(db, row, rng or random.Random(f"{row[0]}|{annotator}"))
 
 
 def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rng: random.Random) -> tuple | None:
@@ -220,6 +226,15 @@ def needs_labels(db: Database, task_id: str) -> bool:
     return bool(db.scalar("SELECT n_done < required FROM tasks WHERE id = ?", [task_id]))
 
 
+def held(db: Database, annotator: str) -> dict | None:
+    """The task this annotator holds (an unexpired lease) as {kind, purpose}, None if none: a reloaded Label page
+    opens in that task's mode, where `next_task` serves it first (README: a reload shows the task you hold)."""
+    row = db.fetchone("""SELECT t.kind, t.purpose FROM leases l JOIN tasks t ON t.id = l.task_id
+                         WHERE l.annotator = ? AND l.expires_at > ? ORDER BY l.expires_at DESC LIMIT 1""",
+                      [annotator, _now()])
+    return None if row is None else {"kind": row[0], "purpose": row[1]}
+
+
 def sites(db: Database) -> list[str]:
     """The sites that have tasks, in order: the Label page's queue filter and the Train page's data filter."""
     return [r[0] for r in db.fetchall("SELECT DISTINCT site FROM tasks WHERE site IS NOT NULL ORDER BY 1")]
@@ -258,6 +273,8 @@ def save_annotation(db: Database, task_id: str, annotator: str, value: str, text
         delta = _counted(value) - _counted(cur[1] if cur else None)
         if delta > 0 and n_done >= required:
             raise LabelError("This task already has all the labels it needs; it was completed by others.")
+        if source in ("app", "edit"):
+            _check_reach(db, task_id, annotator, task_site, delta, required - n_done, source)
         aid = db.scalar("""INSERT INTO annotations (task_id, annotator, value, text, shown_order, time_ms, source,
                                supersedes, run_id, site)
                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
@@ -268,6 +285,26 @@ def save_annotation(db: Database, task_id: str, annotator: str, value: str, text
         db.execute("DELETE FROM leases WHERE task_id = ? AND annotator = ?", [task_id, annotator])
         idx.kinds[task_id] = kind
     return int(aid)
+
+
+def own_site(db: Database, annotator: str) -> str | None:
+    """The site an annotator is kept to (accounts with site_only), None for everyone else."""
+    return db.scalar("SELECT site FROM annotators WHERE name = ? AND coalesce(site_only, FALSE)", [annotator])
+
+
+def _check_reach(db: Database, task_id: str, annotator: str, task_site: str | None, delta: int, open_slots: int,
+                 source: str) -> None:
+    """A queue decision is refused on another site's task for an annotator kept to a site, and an edit that turns
+    a skip into a label is refused while the open slots are leased to others (it would take over their task)."""
+    only = own_site(db, annotator)
+    if only is not None and task_site != only:
+        raise LabelError(f"Your account labels only tasks of site {only}; this task is from another site.")
+    if source == "edit" and delta > 0:
+        held = db.scalar("SELECT count(*) FROM leases WHERE task_id = ? AND annotator <> ? AND expires_at > ?",
+                         [task_id, annotator, _now()])
+        if held >= open_slots:
+            raise LabelError("Another annotator is working on that task right now; change this decision once "
+                             "they are done.")
 
 
 def make_room(db: Database, task_id: str, annotator: str) -> None:
@@ -340,9 +377,9 @@ def history(db: Database, annotator: str, limit: int = 10) -> list[dict]:
     return sorted(out, key=lambda r: -r["id"])
 
 
-def progress(db: Database, annotator: str, kind: str | None = None) -> dict:
+def progress(db: Database, annotator: str, kind: str | None = None, purpose: str = "label") -> dict:
     """mine: tasks this annotator labeled; everyone: labels counted on tasks; remaining: open label slots;
-    total: tasks (all restricted to `kind` when given)."""
+    total: tasks (all restricted to `kind` when given, and to the queue's `purpose`, see `next_task`)."""
     with _transaction(db):
         idx = _decisions(db)
         labeled = [tid for tid, (_, value, _s) in idx.of(db, annotator).items() if _counted(value)]
@@ -351,15 +388,19 @@ def progress(db: Database, annotator: str, kind: str | None = None) -> dict:
             labeled = [t for t in labeled if kinds[t] == kind]
         row = db.fetchone(f"""SELECT count(*), coalesce(sum(n_done), 0),
                                      coalesce(sum(greatest(required - n_done, 0)), 0)
-                              FROM tasks t {'WHERE t.kind = ?' if kind else ''}""", [kind] if kind else None)
+                              FROM tasks t WHERE t.purpose = ? {'AND t.kind = ?' if kind else ''}""",
+                          [purpose, kind] if kind else [purpose])
+        evaluation = {r[0] for r in db.fetchall("SELECT id FROM tasks WHERE purpose = 'evaluation'")}
+        labeled = [t for t in labeled if (t in evaluation) == (purpose == "evaluation")]
     return {"mine": len(labeled), "total": int(row[0]), "everyone": int(row[1]), "remaining": int(row[2])}
 
 
 def create_task(db: Database, kind: str, prompt: str, responses: list[str], site: str | None = None,
                 required: int | None = None, source: str = "app", run_id: str | None = None,
-                origins: list[str] | None = None) -> str:
+                origins: list[str] | None = None, purpose: str = "label") -> str:
     """Make (or find) a task for this content: used by generation jobs, blind A/B evaluation and the playground.
-    Content ids match the importer's, so the same prompt and answers are the same task."""
+    Content ids match the importer's, so the same prompt and answers are the same task; an evaluation task
+    (purpose 'evaluation', see `next_task`) has an id of its own, so it never merges with a labeling task."""
     if kind not in VALUES:
         raise LabelError(f"Unknown task kind {kind!r}.")
     if not (prompt or "").strip():
@@ -372,7 +413,8 @@ def create_task(db: Database, kind: str, prompt: str, responses: list[str], site
     pid = ids.prompt_id(prompt, site)
     req = int(required or db.get_setting("default_required", "1") or 1)
     rids = [ids.response_id(pid, r) for r in responses[:max(need, 1 if kind == "write" and responses else 0)]]
-    tid = ids.task_id(kind, pid, rids[0] if rids else None, rids[1] if len(rids) > 1 else None)
+    tid = ids.task_id(kind, pid, rids[0] if rids else None, rids[1] if len(rids) > 1 else None,
+                      "evaluation" if purpose == "evaluation" else "")
     with db.transaction():
         if not db.scalar("SELECT count(*) FROM prompts WHERE id = ?", [pid]):
             db.execute("INSERT INTO prompts (id, text, site, source) VALUES (?, ?, ?, ?)", [pid, prompt, site, source])
@@ -382,8 +424,8 @@ def create_task(db: Database, kind: str, prompt: str, responses: list[str], site
                 db.execute("INSERT INTO responses (id, prompt_id, text, origin, run_id) VALUES (?, ?, ?, ?, ?)",
                            [rid, pid, text, origin, run_id])
         if not db.scalar("SELECT count(*) FROM tasks WHERE id = ?", [tid]):
-            db.execute("""INSERT INTO tasks (id, kind, prompt_id, response_a, response_b, site, required, batch)
-                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            db.execute("""INSERT INTO tasks (id, kind, prompt_id, response_a, response_b, site, required, batch,
+                                             purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                        [tid, kind, pid, rids[0] if rids else None, rids[1] if len(rids) > 1 else None, site, req,
-                        source])
+                        source, purpose])
     return tid

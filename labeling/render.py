@@ -9,7 +9,8 @@ raw HTML would reach the page. So nothing is left raw; every error of our guess 
   could open a tag (`<a`, `</`, `<!`, `<?`) gets an invisible zero-width space after it: it looks the same, and is
   text whatever the parser decides;
 - link targets with a script scheme (javascript:, vbscript:, data:) get the same invisible break, which turns them
-  into harmless relative links.
+  into harmless relative links, inside what looks like code too;
+- characters that reorder text (right-to-left overrides and isolates) are shown as [U+202E], not obeyed.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
 _TAGLIKE = re.compile(r"<(?=[A-Za-z/!?])")
 _SCHEME = re.compile(r"\b(java|vb)script(\s*):|\bdata(\s*):", re.I)
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def _text(s: str) -> str:
@@ -28,7 +30,9 @@ def _text(s: str) -> str:
 
 
 def _code(s: str) -> str:
-    return _TAGLIKE.sub("<" + ZWSP, s)
+    """Code keeps its characters; a tag or a script link in it is broken as in text (in case the parser disagrees
+    that it is code)."""
+    return _SCHEME.sub(lambda m: m.group(0)[:-1] + ZWSP + ":", _TAGLIKE.sub("<" + ZWSP, s))
 
 
 def _inline(s: str) -> str:
@@ -48,7 +52,10 @@ def safe_markdown(text: str | None) -> str:
     """Markdown-ready text in which every HTML tag is shown as text and no link can run script."""
     if not text:
         return ""
-    lines = str(text).splitlines(keepends=True)
+    # right-to-left and other direction overrides are shown, not obeyed: "admin\u202egnp.exe" must not read as
+    # "adminexe.png"
+    text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", str(text))
+    lines = text.splitlines(keepends=True)
     out, buf, fence = [], [], None
     for line in lines:
         m = _FENCE.match(line)
@@ -68,3 +75,12 @@ def safe_markdown(text: str | None) -> str:
                 fence = None
     out.append(_inline("".join(buf)))
     return "".join(out)
+
+
+def markdown_html(text: str | None) -> str:
+    """`text` rendered to HTML on the server as the Label page's Markdown shows it (emphasis, lists, tables, code),
+    for places that show HTML (the Try page's answers). Raw HTML in the text stays text and script links are
+    refused twice: by safe_markdown, and by markdown-it itself (html off, its link check)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(safe_markdown(text))

@@ -50,3 +50,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def names(db: Queries, run_ids: list[str]) -> dict[str, str]:
+    """Run id -> the name people typed (or were given), for pickers, legends and tables; unknown ids stay ids."""
+    if not run_ids:
+        return {}
+    found = dict(db.fetchall(f"SELECT id, name FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})", list(run_ids)))
+    return {rid: found.get(rid) or rid for rid in run_ids}
+
+
+def choices(db: Queries, kind: str | None = None, state: str | None = None) -> list[tuple[str, str]]:
+    """(name, id) pairs for a picker: people see names, the page gets ids."""
+    ids = run_ids(db, kind, state)
+    return [(n, rid) for rid, n in names(db, ids).items()]

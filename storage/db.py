@@ -62,6 +62,13 @@ class Reader(Queries):
         self.con = cursor
 
 
+def private(path: str | Path) -> None:
+    """Readable by this user only (0600): the labels, names and password hashes, and its write-ahead log."""
+    for p in (Path(path), Path(f"{path}.wal")):
+        with contextlib.suppress(FileNotFoundError):
+            p.chmod(0o600)
+
+
 class DatabaseInUse(OSError):
     """DuckDB lets one process open a database file; a second app (or a site's client) gets this sentence."""
 
@@ -82,6 +89,9 @@ class Database(Queries):
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as e:  # the usual cause: another process holds the file
             raise DatabaseInUse(self.path, str(e)) from None
+        self.con.execute("SET enable_progress_bar = false")   # a long statement prints nothing to stdout
+        if self.path != ":memory:" and not read_only:
+            private(self.path)
         self.lock = threading.RLock()
         self._in_tx = 0
         self._local = threading.local()

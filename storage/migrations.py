@@ -185,3 +185,62 @@ UNION ALL
 SELECT * FROM annotations WHERE source = 'resolution'
 QUALIFY row_number() OVER (PARTITION BY task_id ORDER BY id DESC) = 1;
 """)
+
+# Accounts an admin can switch off (disabled: no login, no call), whose sessions end when the password changes or
+# the account is disabled (session_epoch grows; a session started under an older epoch is refused), and annotators
+# held to their own site (site_only: the queue serves and accepts only tasks of annotators.site). docs/security.md.
+migration("m005_account_controls", """
+ALTER TABLE annotators ADD COLUMN disabled BOOLEAN DEFAULT FALSE;
+ALTER TABLE annotators ADD COLUMN session_epoch INTEGER DEFAULT 0;
+ALTER TABLE annotators ADD COLUMN site_only BOOLEAN DEFAULT FALSE;
+""")
+
+# The evaluation set (labeling/evalset.py): the prompts every run is scored on and no run trains on. A version is
+# frozen once made: adding or removing a prompt makes the next version (its whole prompt list). A snapshot records
+# the version its training rows were selected against (their prompts are left out).
+migration("m006_evaluation_set", """
+CREATE TABLE evalset_versions (
+    version INTEGER PRIMARY KEY,
+    note VARCHAR,
+    created_by VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE evalset_prompts (version INTEGER NOT NULL, prompt_id VARCHAR NOT NULL);
+ALTER TABLE snapshots ADD COLUMN evalset_version INTEGER;
+""")
+
+# Blind human evaluation (labeling/blind_eval.py, labeling/arena.py): its pair tasks are tasks of purpose
+# 'evaluation', served only in the Label page's Evaluate mode and never in a training selection unless an admin asks
+# (labeling.dataset.training_rows(with_evaluation=True)). evaluation_tasks says which model wrote each side of such a
+# task (model: a run id, or 'base'); an evaluation is an admin's request (its models, how many evaluation prompts) and
+# evaluation_jobs the generate job that answers its prompts for each model. Earlier blind A/B tasks (Compare, batch
+# 'ab:A:B') and side-by-side picks on the Try page (batch 'playground') become evaluation tasks here.
+migration("m007_blind_evaluation", """
+ALTER TABLE tasks ADD COLUMN purpose VARCHAR DEFAULT 'label';
+CREATE TABLE evaluations (
+    id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    models VARCHAR NOT NULL,
+    n_prompts INTEGER,
+    evalset_version INTEGER,
+    state VARCHAR NOT NULL DEFAULT 'generating',
+    error VARCHAR,
+    created_by VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE evaluation_jobs (evaluation_id VARCHAR NOT NULL, model VARCHAR NOT NULL, run_id VARCHAR NOT NULL);
+CREATE TABLE evaluation_tasks (
+    evaluation_id VARCHAR NOT NULL,
+    task_id VARCHAR NOT NULL,
+    model_a VARCHAR NOT NULL,
+    model_b VARCHAR NOT NULL
+);
+INSERT INTO evaluation_tasks
+SELECT CASE WHEN t.batch = 'playground' THEN 'try' ELSE t.batch END, t.id,
+       regexp_replace(ra.origin, '^[a-z]+:', ''), regexp_replace(rb.origin, '^[a-z]+:', '')
+FROM tasks t JOIN responses ra ON ra.id = t.response_a JOIN responses rb ON rb.id = t.response_b
+WHERE t.kind = 'pair' AND (t.batch LIKE 'ab:%' OR t.batch = 'playground')
+  AND (ra.origin LIKE 'run:%' OR ra.origin LIKE 'playground:%')
+  AND (rb.origin LIKE 'run:%' OR rb.origin LIKE 'playground:%');
+UPDATE tasks SET purpose = 'evaluation' WHERE kind = 'pair' AND (batch LIKE 'ab:%' OR batch = 'playground');
+""")

@@ -17,7 +17,10 @@ def content_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def create_snapshot(db: Database, home: str | Path, data_kind: str, df: pd.DataFrame, filters: dict | None = None) -> dict:
+def create_snapshot(db: Database, home: str | Path, data_kind: str, df: pd.DataFrame, filters: dict | None = None,
+                    evalset_version: int | None = None) -> dict:
+    """Freeze `df`; `evalset_version` is the evaluation set its rows were selected against (their prompts left
+    out), so a run says which set it can be scored on without leaking."""
     sid = content_hash(df)
     path = Path(home) / "snapshots" / f"{sid}.parquet"
     if not path.exists():
@@ -26,9 +29,9 @@ def create_snapshot(db: Database, home: str | Path, data_kind: str, df: pd.DataF
         df.to_parquet(tmp, index=False)
         tmp.replace(path)
     if db.scalar("SELECT count(*) FROM snapshots WHERE id = ?", [sid]) == 0:
-        db.execute("INSERT INTO snapshots (id, kind, n_rows, path, filters) VALUES (?, ?, ?, ?, ?)",
-                   [sid, data_kind, len(df), str(path), json.dumps(filters or {}, default=str)])
-    return {"id": sid, "path": str(path), "n_rows": len(df)}
+        db.execute("INSERT INTO snapshots (id, kind, n_rows, path, filters, evalset_version) VALUES (?, ?, ?, ?, ?, ?)",
+                   [sid, data_kind, len(df), str(path), json.dumps(filters or {}, default=str), evalset_version])
+    return {"id": sid, "path": str(path), "n_rows": len(df), "evalset_version": evalset_version}
 
 
 def load_snapshot(db: Database, sid: str) -> pd.DataFrame:

@@ -6,7 +6,8 @@ from labeling import accounts as acc
 
 def test_password_is_checked_against_a_bcrypt_hash_never_stored_in_clear(db):
     r = acc.set_user(db, "nurse.ann", "correct horse", site="ward-3")
-    assert r == {"ok": True, "name": "nurse.ann", "role": "annotator", "site": "ward-3", "updated": False}
+    assert r == {"ok": True, "name": "nurse.ann", "role": "annotator", "site": "ward-3", "site_only": False,
+                 "updated": False}
     stored = db.scalar("SELECT password_hash FROM annotators WHERE name = 'nurse.ann'")
     assert stored.startswith("$2") and "correct horse" not in stored
     assert acc.check_password(db, "nurse.ann", "correct horse")

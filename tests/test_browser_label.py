@@ -94,12 +94,13 @@ def test_annotator_labels_with_the_keyboard(home):
         shot(page, "label-pairs-done")
         # edit one decision from the history
         page.wait_for_timeout(500)
-        first_id = int(next(t for t in page.inner_text("#label-history").split() if t.isdigit()))
-        page.get_by_label("Decision #").fill(str(first_id))
+        page.locator("#label-history span.text", has_text="Pair question").first.click()   # the newest decision
+        page.wait_for_function("() => [...document.querySelectorAll('input[type=number]')]"
+                               ".some(i => i.closest('label, div')?.innerText.includes('Row') && i.value === '1')")
         page.get_by_label("Change to").click()
-        page.get_by_role("option", name="tie").click()
+        page.get_by_role("option", name="Tie", exact=True).click()
         page.click("#label-edit")
-        page.wait_for_function(f"() => document.body.innerText.includes('Changed decision #{first_id}')")
+        page.wait_for_function("() => document.body.innerText.includes('Changed decision 1 to tie')")
         # h opens the guidelines (markdown; their HTML shown as text)
         page.locator("#label-edit").blur()
         page.keyboard.press("h")

@@ -65,10 +65,19 @@ def test_label_train_watch_compare(home, tiny_model_dir):
                                timeout=120000)
         page.wait_for_timeout(2500)   # one more refresh so every chart holds the final points
         # the β trajectory and the m_θ bands have data drawn
-        for plot in ("#runs-plot-5", "#runs-plot-6", "#runs-plot-0"):
+        for plot in ("#runs-plot-beta", "#runs-plot-m_theta_bands", "#runs-plot-loss"):
             assert page.locator(f"{plot} .scatterlayer .trace, {plot} .barlayer .trace").count() > 0, plot
         assert "Examples with the most extreme" in page.inner_text("body")
+        # each chart says what it shows; a chart that does not apply to ε-DPO is not drawn empty
+        assert "What training minimises" in page.inner_text("#runs-cell-loss")
+        assert page.locator("#runs-cell-minor_coef").is_hidden() and page.locator("#runs-cell-beta").is_visible()
+        assert page.locator("#runs-stop").is_hidden() and page.locator("#runs-delete").is_visible()
         shot(page, "runs-finished")
+        page.get_by_label("Smooth the curves (EMA)").check()      # the loss as its EMA over faint raw points
+        page.wait_for_function("() => document.querySelectorAll('#runs-plot-loss .scatterlayer .trace').length == 2")
+        page.get_by_role("button", name="What the charts' words mean").click()
+        page.wait_for_function("() => document.querySelector('#runs-glossary').innerText.includes('implicit reward')")
+        shot(page, "runs-explained")
         second = train_from_page(page, "DPO", 6)
         page.get_by_role("tab", name="Runs").click()
         page.wait_for_function(f"() => document.body.innerText.includes('{second}')", timeout=30000)
@@ -134,9 +143,9 @@ def test_labeling_while_a_job_trains(home, tiny_model_dir):
             page.keyboard.press("Enter")
             page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{run}') && "
                                    "document.querySelector('#runs-status').innerText.includes('is running')")
-            for plot in ("#runs-plot-0", "#runs-plot-6"):   # the loss and the m_θ bands are drawn
+            for plot in ("#runs-plot-loss", "#runs-plot-m_theta_bands"):   # the loss and the m_θ bands are drawn
                 page.wait_for_function(f"() => document.querySelector('{plot} .scatterlayer .trace')")
-            doc_shot(page, "live-run", top="#runs-status", bottom="#runs-plot-7")
+            doc_shot(page, "live-run", top="#runs-status", bottom="#runs-plot-m_theta_hist")
     finally:
         pid = status().get("pid") if run else None
         if pid:                                            # jobs outlive the app by design: end this one

@@ -33,7 +33,10 @@ def test_chat_rate_and_compare(home):
         page.click("#try-ask")
         page.wait_for_function("() => document.body.innerText.includes('mean log-probability')")
         page.wait_for_function("() => !document.querySelector('#try-ask').disabled")   # the answer is finished
-        assert page.locator("#try-answer-1 span[title^='p = ']").count() > 0    # shaded tokens
+        page.wait_for_selector("#try-answer-1 .preflab-answer p")          # finished: formatted text (markdown)
+        assert page.locator("#try-answer-1 span[title^='p = ']").count() == 0
+        page.get_by_label("Shade words by the model's confidence").check()
+        page.wait_for_selector("#try-answer-1 span[title^='p = ']")           # shaded tokens on request
         shot(page, "try-answer")
         page.click("#try-bad-1")
         page.wait_for_function("() => document.body.innerText.includes('answer is bad')")

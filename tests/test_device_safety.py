@@ -10,7 +10,8 @@ from training.data import Example, collate, make_batch
 from training.modeling import LogpOutput, add_lora, load_model, packed_logps, response_logps
 from training.objectives import OBJECTIVES, StepInput
 
-ALGORITHMS = {"sft": "sft", "minor_sft": "sft", "dpo": "pairs", "eps_dpo": "pairs", "mrpo": "pairs", "kto": "unpaired"}
+ALGORITHMS = {"sft": "sft", "minor_sft": "sft", "dpo": "pairs", "minor_dpo": "pairs", "eps_dpo": "pairs", "mrpo": "pairs",
+              "kto": "unpaired"}
 
 
 def _logps(n_seq: int, n_tok: int, vocab: int = 11) -> LogpOutput:

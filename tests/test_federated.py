@@ -27,22 +27,58 @@ def test_fedprox_term():
     assert torch.allclose(p["w"].grad, T(0.1, 0.2))      # mu * (w - w_global)
 
 
-def test_fedadam_first_step():
-    g = {"w": T(1.0)}
-    opt = ServerOptimizer("fedadam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    out = aggregate("fedadam", g, [{"w": T(3.0)}], [1], opt)
-    # d = 2; m = 0.1*2 = 0.2; v = 0.01*4 = 0.04; w = 1 + 0.1*0.2/(0.2 + 0.001)
-    assert out["w"].item() == pytest.approx(1 + 0.1 * 0.2 / (0.2 + 0.001))
+def _flower_strategy(kind: str, initial: dict, lr: float, tau: float):
+    """Flower's own strategy for `kind`, started from `initial` with v at tau^2 (as ours; Flower's default is 0)."""
+    import numpy as np
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import strategy as S
+
+    params = ndarrays_to_parameters([t.numpy() for t in initial.values()])
+    if kind == "fedavgm":
+        return S.FedAvgM(initial_parameters=params, server_learning_rate=lr, server_momentum=0.9)
+    cls = {"fedadam": S.FedAdam, "fedyogi": S.FedYogi, "fedadagrad": S.FedAdagrad}[kind]
+    extra = {} if kind == "fedadagrad" else {"beta_1": 0.9, "beta_2": 0.99}
+    s = cls(initial_parameters=params, eta=lr, tau=tau, **extra)
+    s.v_t = [np.full_like(t.numpy(), tau ** 2) for t in initial.values()]
+    return s
 
 
-def test_fedyogi_second_step():
-    opt = ServerOptimizer("fedyogi", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    w1 = aggregate("fedyogi", {"w": T(1.0)}, [{"w": T(3.0)}], [1], opt)["w"]
-    # step 1: d=2, m=0.2, v = 0 - 0.01*4*sign(0-4) = 0.04
-    assert w1.item() == pytest.approx(1 + 0.1 * 0.2 / (0.2 + 0.001))
-    w2 = aggregate("fedyogi", {"w": w1}, [{"w": w1 + 1}], [1], opt)["w"]
-    # step 2: d=1, m = 0.9*0.2 + 0.1*1 = 0.28, v = 0.04 - 0.01*1*sign(0.04 - 1) = 0.05
-    assert w2.item() == pytest.approx(w1.item() + 0.1 * 0.28 / (0.05 ** 0.5 + 0.001))
+@pytest.mark.parametrize("kind", ["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedavgm"])
+def test_aggregators_equal_flowers_strategies_on_the_same_client_updates(kind):
+    """Three rounds of three sites with unequal example counts: our global weights are Flower's, to float64
+    rounding (Flower's v preset to tau^2, where ours starts; a missing bias correction or momentum would show)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import strategy as S
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a.lora_A": (4, 3), "a.lora_B": (3, 4)}
+    global_state = {k: torch.randn(*sh, generator=gen, dtype=torch.float64) for k, sh in shapes.items()}
+    lr, tau = (1.0 if kind == "fedavgm" else 0.05), 1e-3
+    flower = S.FedAvg() if kind == "fedavg" else _flower_strategy(kind, global_state, lr, tau)
+    ours = None if kind == "fedavg" else ServerOptimizer(kind, lr=lr, beta1=0.9, beta2=0.99, tau=tau, momentum=0.9,
+                                                         momentum_lr=lr)
+    for rnd in range(1, 4):
+        sites = [{k: v + 0.1 * torch.randn(v.shape, generator=gen, dtype=torch.float64)
+                  for k, v in global_state.items()} for _ in range(3)]
+        counts = [5, 17, 2]
+        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([t.numpy() for t in st.values()]), n, {}))
+                   for st, n in zip(sites, counts)]
+        theirs = parameters_to_ndarrays(flower.aggregate_fit(rnd, results, [])[0])
+        global_state = aggregate(kind, global_state, sites, counts, ours)
+        for mine, other in zip(global_state.values(), theirs):
+            assert torch.allclose(mine, torch.from_numpy(other), rtol=0, atol=1e-12), (kind, rnd)
+
+
+def test_server_optimizer_starts_v_at_tau_squared():
+    """One FedAdagrad round by hand (no first moment, as Flower's): v = tau^2 + d^2, w = w0 + lr d / (sqrt(v) + tau)."""
+    opt = ServerOptimizer("fedadagrad", lr=0.1, tau=0.5)
+    out = aggregate("fedadagrad", {"w": T(1.0)}, [{"w": T(3.0)}], [1], opt)
+    assert out["w"].item() == pytest.approx(1 + 0.1 * 2 / ((0.25 + 4) ** 0.5 + 0.5), abs=1e-12)
+
+
+def test_federated_defaults_follow_the_authors_code():
+    f = FederatedConfig()
+    assert f.server_lr == 1e-3 and f.fresh_local_optimizer and not f.balance_kto_per_site
 
 
 def test_kto_r_is_a_real_seeded_permutation_keeping_site_sizes():
@@ -60,6 +96,16 @@ def test_kto_r_is_a_real_seeded_permutation_keeping_site_sizes():
 def test_site_kto_weights_use_the_sites_own_balance():
     df = pd.DataFrame({"label": [True, False, False, False]})
     assert partition.site_kto_weights(df) == (3.0, 1.0)
+
+
+def test_kto_sites_keep_the_users_lambda_unless_balancing_per_site_is_chosen():
+    from training.federated.simulation import site_config
+
+    rows = pd.DataFrame({"label": [True, False, False, False]})
+    cfg = JobConfig(algorithm="kto", model="m", desirable_weight=1.7, federated=FederatedConfig())
+    assert site_config(cfg, rows).desirable_weight == 1.7
+    cfg.federated.balance_kto_per_site = True
+    assert (site_config(cfg, rows).desirable_weight, site_config(cfg, rows).undesirable_weight) == (3.0, 1.0)
 
 
 def test_dpo_on_kto_r_is_refused_with_a_reason():
@@ -99,3 +145,25 @@ def test_simulation_trains_every_site_and_moves_the_global_adapter(tmp_path, tin
     inst = pd.concat(pd.read_parquet(f) for f in rundir.instance_files(run))
     assert set(inst["site"]) == {"plant-a", "plant-b"}
 
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_eps_dpo_sites_start_each_round_from_the_averaged_beta_and_a_fresh_schedule(tmp_path, tiny_model_dir, fresh):
+    """Round 2's first step at every site uses the beta the server averaged after round 1 (weighted by examples),
+    and, with a fresh local optimizer (the default), the schedule's first learning rate again."""
+    run = tmp_path / "fed"
+    (run / "data").mkdir(parents=True)
+    data_for("dpo", 8).to_parquet(run / "data" / "train.parquet")
+    JobConfig(algorithm="eps_dpo", model=str(tiny_model_dir), batch_size=2, learning_rate=5e-3, max_length=64,
+              max_prompt_length=32, epsilon=0.2, warmup_steps=0,
+              federated=FederatedConfig(rounds=2, local_steps=3, fresh_local_optimizer=fresh)).save(run / "config.json")
+    assert run_job(run) == 0, rundir.read_status(run)
+    lines = rundir.read_metrics(run)[0]
+    aggregated = [l["federated/beta"] for l in lines if "federated/beta" in l]
+    assert len(aggregated) == 2
+    site_lines = [l for l in lines if l.get("site") and l.get("split") == "train"]
+    round2_first = [l for l in site_lines if l["round"] == 2 and l["step"] == 4]
+    assert round2_first and all(l["kl/beta"] == pytest.approx(aggregated[0], abs=1e-12) for l in round2_first)
+    lr1 = {l["site"]: l["learning_rate"] for l in site_lines if l["round"] == 1 and l["step"] == 1}
+    lr2 = {l["site"]: l["learning_rate"] for l in round2_first}
+    assert (lr1 == lr2) == fresh      # linear decay restarts each round only with a fresh local optimizer

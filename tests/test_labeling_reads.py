@@ -34,16 +34,26 @@ def test_config_diff_lists_only_the_settings_that_differ(db):
                                        {"setting": "lora.alpha", "a": "16", "b": "32"}]
 
 
-def test_heldout_table_takes_first_and_last_values(db):
+def test_heldout_table_takes_first_and_last_values_with_n_and_intervals(db, tmp_path):
+    import pandas as pd
+
+    from storage import rundir
+
+    add_run(db, "r")
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"prompt": list("abcd"), "chosen": list("wxyz"), "rejected": list("stuv")}).to_parquet(
+        tmp_path / rundir.EVAL_DATA)                                     # 4 held-out pairs
+    db.execute("UPDATE runs SET run_dir = ? WHERE id = 'r'", [str(tmp_path)])
     rows = [("eval/accuracy", 1, 0.5, "eval"), ("eval/accuracy", 2, 0.75, "eval"),
-            ("eval/likelihood_accuracy", 1, 0.4, "eval"), ("eval/likelihood_accuracy", 2, 0.6, "eval"),
+            ("eval/likelihood_accuracy", 1, 0.5, "eval"), ("eval/likelihood_accuracy", 2, 1.0, "eval"),
             ("m_theta", 2, 0.123456, "train")]
     for name, step, value, split in rows:
         db.execute("INSERT INTO run_scalars (run_id, step, name, value, split) VALUES ('r', ?, ?, ?, ?)",
                    [step, name, value, split])
     row = heldout_table(db, ["r"]).iloc[0]
-    assert row["held-out accuracy (implicit reward)"] == 0.75
-    assert row["held-out likelihood accuracy: base → run"] == "0.4 → 0.6"
+    assert row["run"] == "run r" and row["held-out rows"] == 4
+    assert row["accuracy (implicit reward)"] == "75% (30%–95%)"          # Wilson: 3 of 4
+    assert row["likelihood accuracy: start → end"] == "50% (15%–85%) → 100% (51%–100%)"
     assert row["train mean m_θ (last step)"] == 0.1235 and row["held-out mean m_θ"] is None
 
 

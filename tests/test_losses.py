@@ -55,18 +55,19 @@ def test_every_algorithm_has_an_objective():
 
 def test_minor_sft_vector_and_gradient():
     pol = t(-10.0, grad=True)
-    losses, coef = L.minor_sft_loss(pol, t(-11.0), t(5.0), beta=0.1)
+    loss, losses, coef = L.minor_sft_loss(pol, t(-11.0), t(5.0), beta=0.1)
     close(coef, [0.950042])
     close(losses, [1.900083])
-    losses.sum().backward()
+    close(L.minor_sft_loss(pol, t(-11.0), t(5.0), 0.1, "token_mean")[0], 1.900083)   # one sequence: the same
+    loss.backward()
     close(pol.grad, [-0.190008])
     close(L.deviation(pol, t(-11.0), t(5.0)), [0.2])
 
 
 def test_minor_sft_equals_seq_sft_at_zero_delta():
     pol = t(-10.0, grad=True)
-    losses, coef = L.minor_sft_loss(pol, t(-10.0), t(5.0), beta=0.1)
-    losses.sum().backward()
+    loss, losses, coef = L.minor_sft_loss(pol, t(-10.0), t(5.0), beta=0.1)
+    loss.backward()
     close(coef, [1.0])
     close(pol.grad, [-0.2])
 
@@ -78,8 +79,68 @@ def test_minor_sft_gradient_matches_its_closed_form():
     (-(2 / (beta * m)) * torch.nn.functional.logsigmoid(beta * (pol - t(-11.0)))).sum().backward()
     g_ref = pol.grad.clone()
     pol2 = t(-10.0, grad=True)
-    L.minor_sft_loss(pol2, t(-11.0), t(m), beta)[0].sum().backward()
+    L.minor_sft_loss(pol2, t(-11.0), t(m), beta)[0].backward()
     close(pol2.grad, g_ref)
+
+
+@pytest.mark.parametrize("reduction", ["seq_mean", "token_mean"])
+def test_sft_and_minor_sft_give_equal_losses_at_zero_delta_with_the_default_reduction(reduction):
+    """The paper's comparison: MinorSFT differs from SFT only by c_i, so with Delta = 0 (step 1, the policy is the
+    reference) both objectives as the trainer calls them give the same loss and gradient, by default and for
+    either reduction."""
+    from training.config import JobConfig
+    from training.data import Batch, Example
+    from training.modeling import LogpOutput
+    from training.objectives import StepInput, minor_sft, sft
+
+    assert JobConfig().sft_reduction == "seq_mean"
+    results = {}
+    for name, objective in (("sft", sft), ("minor_sft", minor_sft)):
+        token_logps = t(-0.5, -1.0, -1.5, -2.0, -0.2, grad=True)
+        logps = torch.zeros(2, dtype=D).index_add(0, torch.tensor([0, 0, 0, 1, 1]), token_logps)
+        policy = LogpOutput(logps, torch.tensor([3, 2]), token_logps, torch.tensor([0, 0, 0, 1, 1]), None,
+                            torch.zeros(5, dtype=torch.long))
+        examples = [Example(i, str(i), None, None, [1], [[2, 3]]) for i in range(2)]
+        batch = Batch(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4), torch.ones(2, 4), examples, ["sft"] * 2)
+        inp = StepInput(batch=batch, policy=policy, ref=logps.detach()[None], beta=0.1)
+        cfg = JobConfig(algorithm=name, model="m") if reduction == "seq_mean" else \
+            JobConfig(algorithm=name, model="m", sft_reduction=reduction)
+        loss = objective(cfg, inp).loss
+        loss.backward()
+        results[name] = (loss.detach(), token_logps.grad.clone())
+    close(results["sft"][0], results["minor_sft"][0], tol=1e-15)
+    close(results["sft"][0], 1.05 if reduction == "seq_mean" else 1.04)
+    close(results["sft"][1], results["minor_sft"][1], tol=1e-15)
+
+
+def test_minor_dpo_vectors_and_gradients():
+    """docs/losses.md's MinorDPO rows: rejected below the reference (r_l = -1) gets no penalty or gradient;
+    above it (r_l = +0.5) MinorDPO is DPO."""
+    pc, pr = t(-10.0, grad=True), t(-12.0, grad=True)
+    losses, cr, rr = L.minor_dpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.1)
+    close(losses, [0.644397])
+    close(cr, [0.1])
+    close(rr, [-0.1])
+    losses.sum().backward()
+    close(pc.grad, [-0.047502])
+    close(pr.grad, [0.0], tol=0)
+    pc, pr = t(-10.0, grad=True), t(-10.5, grad=True)
+    losses, _, rr = L.minor_dpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.1)
+    close(losses, [0.668460])
+    close(rr, [0.05])
+    close(losses, L.dpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.1)[0], tol=1e-15)
+    losses.sum().backward()
+    close(pc.grad, [-0.048750])
+    close(pr.grad, [0.048750])
+
+
+def test_mrpo_fixed_weights_are_normalised():
+    ref_c = torch.tensor([[-11.0], [-10.5]], dtype=D)
+    ref_r = torch.tensor([[-11.5], [-13.0]], dtype=D)
+    a = L.mrpo_loss(t(-10.0), t(-12.0), ref_c, ref_r, 0.1, eta=-0.1, weights=[0.5, 0.5])
+    b = L.mrpo_loss(t(-10.0), t(-12.0), ref_c, ref_r, 0.1, eta=-0.1, weights=[3.0, 3.0])
+    close(a[0], b[0], tol=1e-15)
+    close(b[3]["weights"][:, 0], [0.5, 0.5], tol=1e-15)
 
 
 def test_dpo_sigmoid_vector_and_gradients():

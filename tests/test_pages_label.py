@@ -62,10 +62,18 @@ def test_pairs_are_blind_and_map_back_in_the_history_and_edits(ctx):
     (row,) = current(ctx)
     assert row["value"] == ("b" if left_text == a_text else "a") and row["source"] == "edit"
     assert v["history"][0][2] == "right better"
-    with pytest.raises(UserError, match="not about a pair"):
-        single = Q.create_task(ctx.db, "single", "Q", ["A"])
-        sid = Q.save_annotation(ctx.db, single, "alice", "good")
-        L.edit(ctx, ANN, sid, "left better", None, "Pairs")
+    assert [h[0] for h in v["history"]] == [1]                           # rows say their place, not an id
+    single = Q.create_task(ctx.db, "single", "Q", ["A"])
+    Q.save_annotation(ctx.db, single, ANN.name, "good")
+    with pytest.raises(UserError, match="Decision 1 is not about a pair"):
+        L.edit(ctx, ANN, 1, "left better", None, "Pairs")
+    with pytest.raises(UserError, match="Pick a decision from the history first"):
+        L.edit(ctx, ANN, 3, "tie", None, "Pairs")
+
+
+def test_change_to_offers_the_choices_of_the_decisions_own_kind():
+    assert [label for label, _ in L.edit_choices("pair")] == ["Left is better", "Right is better", "Tie", "Both bad"]
+    assert [value for _, value in L.edit_choices("single")] == ["good", "bad"] and L.edit_choices("write") == []
 
 
 def test_pair_order_varies_across_showings(ctx):
@@ -217,3 +225,35 @@ def test_names_and_sites_from_outside_are_shown_as_text(ctx):
     Q.create_task(ctx.db, "single", "Open one", ["Answer"], site="<img src=x onerror=alert(1)>")
     v = L.next_view(ctx, ANN, "Good / bad", None)
     assert v["about"].startswith("site &lt;img") and "<img" not in v["about"]
+
+
+def test_a_reload_shows_the_task_you_hold_in_its_mode_with_the_same_sides(ctx):
+    import gradio as gr
+
+    seed(ctx, singles=3, pairs=3)
+    me = ctx.user(None)
+    assert L.held_mode(ctx, me) is None
+    first = L.next_view(ctx, me, "Pairs", None)["task"]
+    assert L.held_mode(ctx, me) == "Pairs"
+    with gr.Blocks() as demo:
+        L.build(ctx)(demo)
+    reload = next(f for f in demo.fns.values() if f.fn.__name__ == "on_reload")
+    for _ in range(4):                                       # the page opens in Good / bad mode by default
+        mode, task, *_ = reload.fn("Good / bad", "(all sites)", None)
+        assert mode == "Pairs" and task["task_id"] == first["task_id"] and task["responses"] == first["responses"]
+
+
+def test_data_page_says_pair_outcomes_as_left_or_right_and_empty_tables_in_a_sentence(ctx):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        D.build(ctx)
+    refresh = next(f for f in demo.fns.values() if f.fn.__name__ == "on_refresh")
+    _, tasks, outcomes, *_ = refresh.fn(None)
+    assert list(tasks.iloc[:, 0]) == [D.EMPTY["tasks"]] and list(outcomes.iloc[:, 0]) == [D.EMPTY["outcomes"]]
+    seed(ctx, singles=0, pairs=3, writes=0)
+    for key in ("1", "1", "2"):                               # left, left, right: as the labeler saw them
+        v = L.next_view(ctx, ANN, "Pairs", None)
+        L.decide(ctx, ANN, v["task"], key, "Pairs", None)
+    _, _, outcomes, *_ = refresh.fn(None)
+    assert dict(zip(outcomes["value"], outcomes["n"])) == {"left is better": 2, "right is better": 1}

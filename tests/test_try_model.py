@@ -120,6 +120,18 @@ def test_shading_escapes_html_and_follows_probability():
     assert "Low confidence" not in confidence_note(a, threshold=-2.0)
 
 
+def test_a_finished_answer_shows_as_formatted_text_like_the_label_page_and_stays_safe():
+    from app.chat import answer_html
+
+    text = "**Stop** the pump:\n\n- torque the bolts\n- <img src=x onerror=alert(1)> [log](javascript:alert(2))"
+    a = Answer(text=text, pieces=[(text, 0.5)], done=True)
+    out = answer_html(a)
+    assert "<strong>Stop</strong>" in out and "<li>torque the bolts</li>" in out
+    assert "<img" not in out and 'href="javascript:' not in out and "**" not in out
+    assert answer_html(a, shade=True) == shaded_html(a)                  # shading asked for: word by word
+    assert answer_html(Answer(text=text, pieces=[(text, 0.5)]), shade=False).count("rgba(") == 1   # being written
+
+
 def test_thumbs_down_is_a_single_label_counted_on_the_data_page(tctx, cache, tiny_model_dir):
     run = make_run(tctx, tiny_model_dir)
     state, shown = run_to_end(P.ask(tctx, cache, "Is the ward phone working?", [run], temperature=0,
@@ -165,6 +177,12 @@ def test_side_by_side_is_blind_and_the_preference_maps_back(tctx, cache, tiny_mo
     assert shown[0].text == state["texts"][state["order"][0]]
     assert P.reveal(state) == (f"**Left:** {state['models'][state['order'][0]]['label']} · "
                                f"**Right:** {state['models'][state['order'][1]]['label']}")
+    # a side-by-side pick measures the two models: a blind-evaluation judgment, not training data
+    from labeling.blind_eval import judgments
+    from labeling.dataset import training_rows
+
+    assert judgments(tctx.db) == [("base", run, 1.0 if left_model == "base" else 0.0)]
+    assert training_rows(tctx.db, "pairs").empty and len(training_rows(tctx.db, "pairs", with_evaluation=True)) == 1
 
 
 def test_written_answer_is_an_sft_example(tctx, cache):

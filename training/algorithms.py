@@ -41,13 +41,17 @@ def _eps_dpo_checks(algo: "Algorithm", cfg: Any) -> list[str]:
 
 
 def _mrpo_checks(algo: "Algorithm", cfg: Any) -> list[str]:
+    from training.references import reference_problem
+
     if cfg.kind != "train":
         return []
     if len(cfg.references) < algo.min_references:
         return ["MRPO needs at least one extra reference (an earlier run's adapter)."]
     if cfg.mrpo_weights is not None and len(cfg.mrpo_weights) != len(cfg.references) + 1:
         return [f"mrpo_weights needs {len(cfg.references) + 1} values (the base reference first)."]
-    return []
+    if cfg.mrpo_weights is not None and not all(w > 0 for w in cfg.mrpo_weights):
+        return [f"mrpo_weights must all be positive (got {list(cfg.mrpo_weights)}); they are normalised to sum to 1."]
+    return [p for ref in cfg.references if (p := reference_problem(cfg.model, ref))][:1]
 
 
 def _kto_checks(algo: "Algorithm", cfg: Any) -> list[str]:
@@ -59,7 +63,7 @@ def _kto_checks(algo: "Algorithm", cfg: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Algorithm:
-    name: str                         # the config value: sft, minor_sft, dpo, eps_dpo, mrpo, kto
+    name: str                         # the config value: sft, minor_sft, dpo, minor_dpo, eps_dpo, mrpo, kto
     title: str                        # how people write it: "ε-DPO"
     explanation: str                  # one line for a non-engineer
     data_kind: str                    # sft | pairs | unpaired (see DATA_COLUMNS)
@@ -84,13 +88,17 @@ _ALL = (
     Algorithm("sft", "SFT", "SFT: imitate the written / good answers.", "sft", ("sft_reduction",)),
     Algorithm("minor_sft", "MinorSFT",
               "MinorSFT: SFT that slows down on answers the model already prefers (stays closer to the base).",
-              "sft", ("beta",)),
+              "sft", ("beta", "sft_reduction")),
     Algorithm("dpo", "DPO",
               "DPO: from pairs, make the chosen answer more likely than the rejected one, relative to the base.",
               "pairs", ("beta", "loss_type", "label_smoothing")),
+    Algorithm("minor_dpo", "MinorDPO",
+              "MinorDPO: DPO that stops pushing a rejected answer down once it is below the base's likelihood.",
+              "pairs", ("beta",)),
     Algorithm("eps_dpo", "ε-DPO", "ε-DPO: DPO whose β adapts per example and over training (watch the β trajectory).",
               "pairs", ("beta", "epsilon"), needs_ref_logits=True, checks=_eps_dpo_checks),
-    Algorithm("mrpo", "MRPO", "MRPO: DPO against several references at once (the base plus earlier runs).",
+    Algorithm("mrpo", "MRPO", "MRPO: DPO against several references at once (the base plus earlier runs of the "
+              "same base model). With 3 or more references the adaptive weights extend the paper's 2-reference rule.",
               "pairs", ("beta", "eta", "mrpo_weights", "references"), min_references=1, checks=_mrpo_checks),
     Algorithm("kto", "KTO", "KTO: from single good/bad labels; no pairs needed.", "unpaired",
               ("beta", "desirable_weight", "undesirable_weight"), needs_kl_pairs=True, min_batch_size=2,

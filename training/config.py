@@ -17,7 +17,8 @@ from training import algorithms
 
 KINDS = ("train", "generate", "evaluate")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedyogi")
+AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+SERVER_OPTIMIZERS = ("fedadam", "fedyogi", "fedadagrad", "fedavgm")   # a server-side step on the averaged delta
 
 
 class ConfigError(ValueError):
@@ -37,12 +38,16 @@ class FederatedConfig:
     rounds: int = 5                  # communication rounds
     clients_per_round: int = 0       # sites sampled per round; 0 = all sites
     local_steps: int = 5             # optimizer steps each site runs per round
-    aggregator: str = "fedavg"       # fedavg | fedprox | fedadam | fedyogi
+    aggregator: str = "fedavg"       # fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedavgm
     mu: float = 0.01                 # FedProx proximal weight
-    server_lr: float = 0.01          # FedAdam / FedYogi server learning rate
+    server_lr: float = 1e-3          # FedAdam / FedYogi / FedAdagrad server learning rate (the authors' code)
     server_beta1: float = 0.9
     server_beta2: float = 0.99
-    server_tau: float = 1e-3
+    server_tau: float = 1e-3         # adaptivity; v starts at tau^2 (Reddi et al. 2021)
+    server_momentum: float = 0.9     # FedAvgM momentum
+    momentum_lr: float = 1.0         # FedAvgM server learning rate (Flower's default)
+    fresh_local_optimizer: bool = True   # each round a site starts a new AdamW and schedule (the authors' code)
+    balance_kto_per_site: bool = False   # KTO: lambda_D = n_U / n_D of each site's own data instead of the user's
     setting: str = "kto-o"           # kto-o: labels stay at their site; kto-r: unpaired rows permuted across sites
     site_column: str = "site"
 
@@ -56,7 +61,7 @@ class FederatedConfig:
 class JobConfig:
     # -- what to run
     kind: str = "train"              # train | generate | evaluate
-    algorithm: str = "dpo"           # sft | minor_sft | dpo | eps_dpo | mrpo | kto
+    algorithm: str = "dpo"           # training/algorithms.py: sft | minor_sft | dpo | minor_dpo | eps_dpo | mrpo | kto
     model: str = ""                  # local Hugging Face model directory (the base, reference 0)
     adapter_init: str | None = None  # start from this adapter (new run from an earlier one; evaluate/generate a run)
     references: list[str] = field(default_factory=list)  # MRPO: extra reference adapters or model dirs
@@ -72,7 +77,7 @@ class JobConfig:
     mrpo_weights: list[float] | None = None  # MRPO fixed weights (primary first); None = adaptive (ARWC)
     desirable_weight: float = 1.0    # KTO lambda_D
     undesirable_weight: float = 1.0  # KTO lambda_U
-    sft_reduction: str = "token_mean"  # SFT: token_mean | seq_mean
+    sft_reduction: str = "seq_mean"  # SFT, MinorSFT: seq_mean (the MinorSFT paper's comparison) | token_mean
 
     # -- optimisation
     learning_rate: float = 5e-5
@@ -97,7 +102,7 @@ class JobConfig:
     log_every: int = 1               # write a metrics line every N optimizer steps
     instances_every: int = 1         # write per-instance values every N optimizer steps
     checkpoint_every: int = 50       # resumable checkpoint every N optimizer steps (and on SIGTERM)
-    eval_every: int = 0              # evaluate on data/eval.parquet every N steps; 0 = only at the end
+    eval_every: int = 10             # evaluate on data/eval.parquet every N steps (and at the end); 0 = only at the end
 
     # -- generate / evaluate
     num_samples: int = 2             # responses per prompt
@@ -196,6 +201,8 @@ class JobConfig:
             need(self.lora is not None, "Federated training exchanges LoRA weights only: turn LoRA on.")
             need(f.aggregator in AGGREGATORS, f"aggregator must be one of {', '.join(AGGREGATORS)}.")
             need(f.rounds >= 1 and f.local_steps >= 1, "rounds and local_steps must be at least 1.")
+            need(f.server_lr > 0 and f.server_tau > 0 and f.momentum_lr > 0 and 0 <= f.server_momentum < 1,
+                 "server_lr, server_tau and momentum_lr must be positive and server_momentum in [0, 1).")
             need(f.setting in ("kto-o", "kto-r"), "federated setting must be kto-o or kto-r.")
             need(not (f.setting == "kto-r" and self.data_kind == "pairs"),
                  "DPO cannot train on KTO-R data: redistribution splits a prompt's good and bad answers across "

@@ -40,16 +40,25 @@ def sft_loss(logps: Tensor, n_tokens: Tensor, reduction: str = "token_mean") -> 
 
 
 # -- 2. MinorSFT (arXiv 2408.10642) -------------------------------------------------------------------------------
-def minor_sft_loss(policy_logps: Tensor, ref_logps: Tensor, n_tokens: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """c_i = 2 sigma(-beta Delta_i) (detached) times the length-normalised NLL. Returns (losses, coef).
+def minor_sft_loss(policy_logps: Tensor, ref_logps: Tensor, n_tokens: Tensor, beta: float,
+                   reduction: str = "seq_mean") -> tuple[Tensor, Tensor, Tensor]:
+    """c_i = 2 sigma(-beta Delta_i) (detached) times the NLL. Returns (loss, per_example, coef).
 
     Its gradient equals that of -(2/(beta m_i)) log sigma(beta Delta_i): SFT that slows down for examples the policy
-    already prefers over the reference. At Delta = 0, c = 1 and it is seq-mean SFT.
+    already prefers over the reference. At Delta = 0, c = 1 and it is SFT with the same `reduction` (sft_loss's):
+    per_example is c_i times the sequence's mean NLL.
     """
     delta = policy_logps - ref_logps
     coef = (2.0 * torch.sigmoid(-beta * delta)).detach()
-    losses = coef * (-policy_logps / n_tokens.to(policy_logps.dtype).clamp(min=1))
-    return losses, coef
+    n = n_tokens.to(policy_logps.dtype).clamp(min=1)
+    per_example = coef * (-policy_logps / n)
+    if reduction == "seq_mean":
+        loss = per_example.mean()
+    elif reduction == "token_mean":
+        loss = (coef * -policy_logps).sum() / n.sum()
+    else:
+        raise ValueError(f"unknown SFT reduction {reduction!r}")
+    return loss, per_example, coef
 
 
 # -- 3. DPO and variants (Rafailov et al. 2023; IPO Azar et al. 2023; cDPO) ----------------------------------------
@@ -76,6 +85,21 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     chosen_rewards = (beta * chosen_logratio).detach()
     rejected_rewards = (beta * rejected_logratio).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+# -- 3b. MinorDPO (arXiv 2408.09834, the DPO variant the MinorSFT paper 2408.10642 derives from) ------------------
+def minor_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                   beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """-log sigma(beta (r_w - max(0, r_l))), r = log pi - log pi_ref. Returns (losses, chosen_rewards,
+    rejected_rewards) as dpo_loss does.
+
+    The reject penalty is one-sided: once the rejected answer is less likely than under the reference (r_l <= 0)
+    it gets no gradient, so the policy is not pushed further from the reference than the pair needs.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    losses = -F.logsigmoid(beta * (chosen_logratio - rejected_logratio.clamp(min=0)))
+    return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
 
 
 # -- 4. eps-DPO (arXiv 2502.13177; follows the official trainer) ---------------------------------------------------
@@ -133,7 +157,7 @@ def mrpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor
 
     1. CTRO: clip each auxiliary's logps to within a relative band eta_w/eta_l of the primary's.
     2. ARWC weights (default): w_k = (S - |a_k|) / ((K-1) S), a_k the reference margin before clipping,
-       S = sum |a_k| + 1e-6.
+       S = sum |a_k| + 1e-6: the official K = 2 rule; for K >= 3 this project's extension (docs/losses.md).
     3. log pi~ = -logsumexp_k(log w_k - p_k) per side (weighted harmonic mean in probability space).
     Returns (losses, chosen_rewards, rejected_rewards, info) with info: weights [K, B], clipped fraction, the
     virtual reference logps.
@@ -162,8 +186,9 @@ def mrpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor
         a = (ref_chosen - ref_rejected).abs()
         S = a.sum(0, keepdim=True) + 1e-6
         w = (S - a) / ((K - 1) * S)
-    else:
+    else:   # fixed weights, positive (JobConfig refuses others), normalised to sum to 1
         w = torch.as_tensor(weights, dtype=pw.dtype, device=pw.device).view(K, 1).expand_as(pw)
+        w = w / w.sum(0, keepdim=True)
     log_w = torch.log(w)
     virt_w = -torch.logsumexp(log_w - pw, dim=0)
     virt_l = -torch.logsumexp(log_w - pl, dim=0)

@@ -89,11 +89,12 @@ def sft(cfg: JobConfig, inp: StepInput) -> StepResult:
 def minor_sft(cfg: JobConfig, inp: StepInput) -> StepResult:
     p = inp.policy
     ref = inp.ref[0]
-    losses, coef = L.minor_sft_loss(p.logps, ref, p.n_tokens, cfg.beta)
+    loss, per_example, coef = L.minor_sft_loss(p.logps, ref, p.n_tokens, cfg.beta, cfg.sft_reduction)
     m = L.deviation(p.logps, ref, p.n_tokens)
-    scalars = {"loss": _f(losses), "logps/chosen": _f(p.logps), "m_theta": _f(m), "minor/coef": _f(coef),
-               "minor/coef_min": float(coef.min()), "minor/coef_max": float(coef.max())}
-    return StepResult(losses.mean(), scalars, _instances(inp, range(len(losses)), losses.detach(), cfg.beta, ref))
+    scalars = {"loss": float(loss.detach()), "logps/chosen": _f(p.logps), "m_theta": _f(m), "minor/coef": _f(coef),
+               "minor/coef_min": float(coef.min()), "minor/coef_max": float(coef.max()),
+               "num_tokens": float(p.n_tokens.clamp(min=1).sum())}
+    return StepResult(loss, scalars, _instances(inp, range(len(per_example)), per_example.detach(), cfg.beta, ref))
 
 
 def dpo(cfg: JobConfig, inp: StepInput) -> StepResult:
@@ -104,6 +105,16 @@ def dpo(cfg: JobConfig, inp: StepInput) -> StepResult:
     else:
         losses, cr, rr = L.dpo_loss(pc, pr, ref_c, ref_r, cfg.beta, cfg.loss_type, cfg.label_smoothing)
     scalars = _pair_scalars(pc, pr, cr, rr, losses, ref_c, ref_r, n_c, n_r)
+    inst = _instances(inp, range(2 * B), torch.cat([losses, losses]).detach(), cfg.beta, inp.ref[0])
+    return StepResult(losses.mean(), scalars, inst)
+
+
+def minor_dpo(cfg: JobConfig, inp: StepInput) -> StepResult:
+    B, pc, pr, n_c, n_r = _split_pairs(inp)
+    ref_c, ref_r = inp.ref[0, :B], inp.ref[0, B:]
+    losses, cr, rr = L.minor_dpo_loss(pc, pr, ref_c, ref_r, cfg.beta)
+    scalars = _pair_scalars(pc, pr, cr, rr, losses, ref_c, ref_r, n_c, n_r)
+    scalars["minor/rejected_penalised"] = _f((rr > 0).float())   # share of pairs whose reject penalty is on
     inst = _instances(inp, range(2 * B), torch.cat([losses, losses]).detach(), cfg.beta, inp.ref[0])
     return StepResult(losses.mean(), scalars, inst)
 
@@ -129,12 +140,15 @@ def eps_dpo(cfg: JobConfig, inp: StepInput) -> StepResult:
 def mrpo(cfg: JobConfig, inp: StepInput) -> StepResult:
     B, pc, pr, n_c, n_r = _split_pairs(inp)
     losses, cr, rr, info = L.mrpo_loss(pc, pr, inp.ref[:, :B], inp.ref[:, B:], cfg.beta, cfg.eta, cfg.mrpo_weights)
-    scalars = _pair_scalars(pc, pr, cr, rr, losses, info["ref_chosen"], info["ref_rejected"], n_c, n_r)
+    # Rewards are against the virtual reference (what the loss sees); m_theta against the base like every other
+    # algorithm (0 before the first update, comparable across runs); the deviation from the virtual one apart.
+    scalars = _pair_scalars(pc, pr, cr, rr, losses, inp.ref[0, :B], inp.ref[0, B:], n_c, n_r)
+    m_vref = torch.cat([L.deviation(pc, info["ref_chosen"], n_c), L.deviation(pr, info["ref_rejected"], n_r)])
+    scalars["m_theta_vref"] = _f(m_vref)
     w = info["weights"].mean(-1)
     scalars.update({f"mrpo/weight_{k}": float(w[k]) for k in range(len(w))})
     scalars["mrpo/clipped_fraction"] = float(info["clipped_fraction"])
-    virt = torch.cat([info["ref_chosen"], info["ref_rejected"]])
-    inst = _instances(inp, range(2 * B), torch.cat([losses, losses]).detach(), cfg.beta, virt)
+    inst = _instances(inp, range(2 * B), torch.cat([losses, losses]).detach(), cfg.beta, inp.ref[0])
     return StepResult(losses.mean(), scalars, inst)
 
 
@@ -149,7 +163,9 @@ def kto(cfg: JobConfig, inp: StepInput) -> StepResult:
     per_example[idx_g] = losses[: len(idx_g)].detach()
     per_example[idx_b] = losses[len(idx_g):].detach()
     m = L.deviation(p.logps, ref, p.n_tokens)
-    scalars = {"loss": _f(losses), "kl": float(kl), "rewards/chosen": _f(cr), "rewards/rejected": _f(rr),
+    kl_unclamped = _f(inp.kl_policy - inp.kl_ref)   # z0 before the clamp at 0: how far below 0 it would go
+    scalars = {"loss": _f(losses), "kl": float(kl), "kl/unclamped": kl_unclamped,
+               "rewards/chosen": _f(cr), "rewards/rejected": _f(rr),
                "rewards/margins": (_f(cr) - _f(rr)) if len(cr) and len(rr) else float("nan"),
                "logps/chosen": _f(p.logps[idx_g]), "logps/rejected": _f(p.logps[idx_b]),
                "count/desirable": float(len(idx_g)), "count/undesirable": float(len(idx_b)),
@@ -159,5 +175,6 @@ def kto(cfg: JobConfig, inp: StepInput) -> StepResult:
 
 # One per name of training/algorithms.py (tests/test_losses.py checks that they match).
 OBJECTIVES: dict[str, Callable[[JobConfig, StepInput], StepResult]] = {
-    "sft": sft, "minor_sft": minor_sft, "dpo": dpo, "eps_dpo": eps_dpo, "mrpo": mrpo, "kto": kto,
+    "sft": sft, "minor_sft": minor_sft, "dpo": dpo, "minor_dpo": minor_dpo, "eps_dpo": eps_dpo, "mrpo": mrpo,
+    "kto": kto,
 }

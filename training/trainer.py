@@ -20,7 +20,7 @@ import torch
 from storage import rundir
 from training import algorithms
 from training.config import JobConfig
-from training.data import Example, epoch_batches, load_rows, make_batch, tokenize
+from training.data import Batch, Example, epoch_batches, load_rows, make_batch, tokenize
 from training.losses import eps_dpo_update_beta
 from training.modeling import (add_lora, enable_gradient_checkpointing, is_peft, load_model, load_tokenizer,
                                packed_logps, packing_problem, reference_mode, response_logps)
@@ -144,7 +144,7 @@ class Trainer:
             PolicyLogps(model, self._compute_logps), self.optimizer, self.scheduler)
         self.accelerator.register_save_state_pre_hook(_trainable_weights_only)
         self._resume()
-        self.cache_references()
+        self.load_references()
         return self
 
     # -- data order ---------------------------------------------------------------------------------------------
@@ -159,41 +159,123 @@ class Trainer:
         return [self.examples[j] for j in batches[i]]
 
     # -- references ---------------------------------------------------------------------------------------------
-    def cache_references(self) -> None:
-        """Reference log-probs for every sequence training and evaluation will see, computed once, shared out
-        among the processes, and kept in the run directory, so a resumed run does not recompute them."""
+    def load_references(self) -> None:
+        """Reference log-probs kept by an earlier start of this run (written with each checkpoint), so a resumed
+        run recomputes none of them. The base reference (the adapter off, or the frozen copy) is computed lazily,
+        batch by batch, just before its first use, so the first step starts right after the model is loaded.
+        MRPO's extra references are other models: loading one costs more than many forwards and keeping it
+        doubles the memory, so each is loaded once and the whole run computed up front (`cache_references`)."""
         path = self.run_dir / REF_CACHE
         self.ref_cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
-        kind = self.algorithm.data_kind
-        n_micro = self.total_steps * self.batches_per_step
-        groups = [self.micro_batch(i) for i in range(n_micro)]
-        groups += [self.eval_examples[i:i + self.cfg.batch_size] for i in range(0, len(self.eval_examples), self.cfg.batch_size)]
-        # Each batch as training will see it (same sequences, same packed layout): at step 0 the policy's numbers
-        # are then the reference's exactly, also in bf16, where another layout would round differently.
+        self._ref_saved = set(self.ref_cache)     # keys already in the run directory
+        self.ref_forwards = 0                     # reference passes over a batch, all references counted
+        if self.cfg.references:
+            self.cache_references()
+
+    def cache_references(self) -> None:
+        """Reference log-probs for every sequence training and evaluation will see, computed up front, shared out
+        among the processes and gathered, and kept in the run directory."""
+        kind, pad = self.algorithm.data_kind, self.tokenizer.pad_token_id
+        batches = [b for i in range(self.total_steps * self.batches_per_step) for b in self._batches(self.micro_batch(i))]
+        bs = self.cfg.batch_size
+        batches += [make_batch(self.eval_examples[s:s + bs], kind, pad) for s in range(0, len(self.eval_examples), bs)]
         todo, seen = [], set()
-        for exs in groups:
-            for with_kl in ((False, True) if self.algorithm.needs_kl_pairs and len(exs) > 1 else (False,)):
-                b = make_batch(exs, kind, self.tokenizer.pad_token_id, with_kl=with_kl)
-                if any(k not in self.ref_cache and k not in seen for k in b.keys):
-                    todo.append(b)
-                    seen.update(b.keys)
+        for b in batches:
+            if any(k not in self.ref_cache and k not in seen for k in b.keys):
+                todo.append(b)
+                seen.update(b.keys)
         if not todo:
             return
-        refs = [None] + list(self.cfg.references)   # None = the base (adapter off)
-        self._status(state="running", phase=f"computing reference log-probs for {len(seen)} sequences")
         mine: dict[int, list[list[float]]] = {}     # todo index -> per reference, the batch's log-probs
-        for ref in refs:
+        share = self._share(len(todo))
+        progress = self._ref_progress(sum(len(todo[i].keys) for i in share if i is not None) * self.n_references)
+        for ref in [None, *self.cfg.references]:    # None = the base (adapter off)
             with self._reference_model(ref) as model:
-                for i in self._share(len(todo)):
-                    with self.accelerator.autocast():
-                        lp = self.logps(model, todo[i or 0].parts).logps.float().cpu().tolist()
+                for i in share:
+                    lp = self._reference_logps(model, todo[i or 0])
                     if i is not None:
                         mine.setdefault(i, []).append(lp)
+                        progress(len(todo[i].keys))
         computed = {i: lps for part in self._gather(mine) for i, lps in part.items()}
         for i in sorted(computed):       # first layout wins: the one training meets first
             for j, key in enumerate(todo[i].keys):
                 self.ref_cache.setdefault(key, torch.tensor([lps[j] for lps in computed[i]]))
+        self.save_references()
+
+    @property
+    def n_references(self) -> int:
+        return 1 + len(self.cfg.references)
+
+    def ensure_references(self, batches: list[Batch], progress: bool = False) -> None:
+        """Compute what these batches (this process's own) lack, each in its own layout: the one training or
+        evaluation meets, so at step 0 the policy's numbers are the reference's exactly, also in bf16.
+        progress: a pass over many batches (the evaluation set) says how far it is in status.json."""
+        todo = [b for b in batches if any(k not in self.ref_cache for k in b.keys)]
+        n = len(todo)
+        if self.accelerator.num_processes > 1:   # a sharded model's forward takes every process: as many each
+            n = int(self.accelerator.gather(torch.tensor([n], device=self.device)).max())
+        if not n:
+            return
+        count = self._ref_progress(sum(len(b.keys) for b in todo)) if progress and todo else (lambda k: None)
+        with self._reference_model(None) as model:
+            for i in range(n):
+                b = todo[i] if i < len(todo) else batches[0]    # a stand-in, whose result is dropped
+                lp = self._reference_logps(model, b)
+                if i < len(todo):
+                    for key, v in zip(b.keys, lp):
+                        self.ref_cache.setdefault(key, torch.tensor([v]))
+                    count(len(b.keys))
+
+    def _reference_logps(self, model, b: Batch) -> list[float]:
+        self.ref_forwards += 1
+        with self.accelerator.autocast():
+            return self.logps(model, b.parts).logps.float().cpu().tolist()
+
+    def _batches(self, exs: list[Example]) -> list[Batch]:
+        """The batches one micro-batch of examples is computed as: its sequences, and KTO's mismatched pairs."""
+        kind = self.algorithm.data_kind
+        kl = self.algorithm.needs_kl_pairs and len(exs) > 1
+        return [make_batch(exs, kind, self.tokenizer.pad_token_id, with_kl=w) for w in ((False, True) if kl else (False,))]
+
+    def _eval_references(self, starts: list[int]) -> None:
+        """The evaluation batches this process computes, at their first evaluation."""
+        bs, kind = self.cfg.batch_size, self.algorithm.data_kind
+        batches = [make_batch(self.eval_examples[s:s + bs], kind, self.tokenizer.pad_token_id) for s in starts]
+        self.ensure_references(batches, progress=True)
+
+    def _ref_progress(self, answers: int):
+        """A callable counting answers done: it writes "x of y answers, about N s left" as the phase in status.json
+        (what the Runs page shows), at most once a second, and the phase from before once all y are done."""
+        t0, done, last = time.time(), [0], [0.0]
+        before = (rundir.read_status(self.run_dir) or {}).get("phase")
+
+        def advance(k: int) -> None:
+            done[0] += k
+            now = time.time()
+            if done[0] >= answers:
+                self._status(phase=before)
+            elif now - last[0] >= 1.0:
+                last[0] = now
+                left = (now - t0) / done[0] * (answers - done[0])
+                self._status(phase=f"reference log-probs: {done[0]} of {answers} answers, about {left:.0f} s left")
+
+        self._status(state="running", phase=f"reference log-probs: 0 of {answers} answers")
+        return advance
+
+    def save_references(self) -> None:
+        """Gather what every process computed since the last save; the main process writes the file. Every
+        process calls this at the same point (with each checkpoint)."""
+        new = {k: v for k, v in self.ref_cache.items() if k not in self._ref_saved}
+        if self.accelerator.num_processes > 1:
+            for part in self._gather(new):
+                for k, v in part.items():
+                    self.ref_cache.setdefault(k, v)
+            new = {k: v for k, v in self.ref_cache.items() if k not in self._ref_saved}
+        if not new:
+            return
+        self._ref_saved.update(new)
         if self.accelerator.is_main_process:
+            path = self.run_dir / REF_CACHE
             tmp = path.with_name(f".{REF_CACHE}.tmp")
             torch.save(self.ref_cache, tmp)
             tmp.rename(path)
@@ -245,8 +327,9 @@ class Trainer:
         return response_logps(model, ids, attn, resp, keep_logits=keep_logits)
 
     def forward(self, examples: list[Example], train: bool = True):
-        kind = self.algorithm.data_kind
-        b = make_batch(examples, kind, self.tokenizer.pad_token_id)
+        batches = self._batches(examples)           # b, and KTO's mismatched pairs
+        b = batches[0]
+        self.ensure_references(batches)             # a micro-batch's first use computes its references
         keep = self.algorithm.needs_ref_logits
         with self.accelerator.autocast():
             policy = self.policy(b.parts, keep_logits=keep)
@@ -255,7 +338,7 @@ class Trainer:
             with self._reference_model(None) as ref_model, self.accelerator.autocast():
                 inp.ref_out = self.logps(ref_model, b.parts, keep_logits=True)
         if self.algorithm.needs_kl_pairs:
-            kb = make_batch(examples, kind, self.tokenizer.pad_token_id, with_kl=True)
+            kb = batches[1]
             with torch.no_grad(), self.accelerator.autocast():
                 kl_pol = self.logps(self.model, kb.parts).logps.float()
             kl_ref = self._ref(kb.keys)[0]
@@ -316,6 +399,7 @@ class Trainer:
         kind = self.algorithm.data_kind
         wins, lik_wins, ms, n = 0.0, 0.0, {}, 0     # ms: batch index -> m_theta per sequence
         starts = range(0, len(self.eval_examples), self.cfg.batch_size)
+        self._eval_references([starts[i or 0] for i in self._share(len(starts))])
         for i in self._share(len(starts)):
             start = starts[i or 0]
             exs = self.eval_examples[start:start + self.cfg.batch_size]
@@ -361,6 +445,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        self.save_references()   # the references computed so far: a resumed run does not compute them again
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:

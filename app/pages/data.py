@@ -4,6 +4,7 @@ declared `admin_only`, so it refuses an annotator also when called as an API end
 from __future__ import annotations
 
 import tempfile
+import uuid
 from html import escape
 from pathlib import Path
 
@@ -12,13 +13,21 @@ import pandas as pd
 
 from app.context import AppContext, User, UserError, admin_only
 from app.handlers import handler
+from app.pages import evalset_section
+from app.tables import shown
 from labeling import agreement as A
 from labeling.dataset import data_summary
 
 
 COLUMNS = {"tasks": ["kind", "tasks", "complete"], "per_site": ["site", "kind", "labels", "good", "bad"],
            "per_annotator": ["annotator", "labels", "first", "last"], "pair_outcomes": ["value", "n"]}
-OUTCOME_NAMES = {"a": "first answer (a) better", "b": "second answer (b) better", "tie": "tie", "both_bad": "both bad"}
+# What an empty table says instead of bare headers (app/tables.py).
+EMPTY = {"tasks": "No tasks yet: import prompts or labels below, or generate answers on the Train page.",
+         "outcomes": "No pair decided yet.", "per_site": "No labels yet.", "per_annotator": "No labels yet.",
+         "disputed": "No disputed tasks: every task with several labels agrees (or none has several yet).",
+         "accounts": "Only admins see the accounts."}
+OUTCOME_NAMES = {"left": "left is better", "right": "right is better", "tie": "tie", "both_bad": "both bad",
+                 "a": "answer A better (imported)", "b": "answer B better (imported)"}   # imported: never shown
 
 
 def _table(rows: list[dict], name: str) -> pd.DataFrame:
@@ -88,7 +97,8 @@ def do_import(ctx: AppContext, user: User, path: str | None, site: str, required
     r["file"] = escape(Path(path).name)   # names and text from outside are shown as text
     head = (f"Imported {r['new']} new item(s) from {r['file']} ({r['duplicates']} duplicate(s), "
             f"{r['skipped']} bad row(s) skipped)." if r["ok"] else
-            f"Nothing was imported from {r['file']}: {r['errors']} problem(s). Fix them, or tick 'skip bad rows'.")
+            f"Nothing was imported from {r['file']}: {r['errors']} problem(s). Fix them"
+            + ("." if skip_bad else ", or tick 'skip bad rows'."))   # ticked: the problem is the whole file
     report = pd.DataFrame(r["report"], columns=["file", "line", "field", "message"])
     return head, report
 
@@ -97,9 +107,9 @@ def do_import(ctx: AppContext, user: User, path: str | None, site: str, required
 def do_export(ctx: AppContext, user: User, kind: str, fmt: str, ties: str) -> str:
     from labeling.label_export import export
 
-    out = Path(tempfile.mkdtemp(prefix="preflab-export-")) / f"preflab-{kind}.{fmt}"
+    out = Path(tempfile.mkdtemp(prefix="preflab-export-")) / f"preflab-{kind}-{uuid.uuid4().hex[:8]}.{fmt}"
     export(ctx.db, kind, out, ties=ties)
-    return str(out)
+    return ctx.offer_download(out, user)     # for this admin only
 
 
 @admin_only("edit the guidelines")
@@ -119,6 +129,22 @@ def add_user(ctx: AppContext, user: User, name: str, password: str, role: str, s
     return f"Account {escape(r['name'])} ({r['role']}) {'updated' if r['updated'] else 'created'}."
 
 
+@admin_only("manage accounts")
+def switch_user(ctx: AppContext, user: User, name: str) -> str:
+    """Disable an account (no login; its open sessions end at once) or enable it again."""
+    from labeling.accounts import get_user, set_disabled
+
+    name = (name or "").strip()
+    found = get_user(ctx.db, name)
+    if found is None:
+        raise UserError(f"There is no account named {escape(name)!r}." if name else "Give the account's name.")
+    if name == user.name:
+        raise UserError("You cannot disable your own account.")
+    set_disabled(ctx.db, name, not found["disabled"])
+    return (f"Account {escape(name)} enabled again." if found["disabled"] else
+            f"Account {escape(name)} disabled: it cannot log in, and its open sessions have ended.")
+
+
 @admin_only("resolve disputes")
 def resolve_task(ctx: AppContext, user: User, task_id: str, value: str) -> str:
     from labeling.queue import LabelError
@@ -135,7 +161,7 @@ def accounts(ctx: AppContext, user: User) -> pd.DataFrame:
     from labeling.accounts import list_users
 
     rows = list_users(ctx.db) if user.is_admin else []
-    return pd.DataFrame(rows, columns=["name", "role", "site", "created_at"])
+    return pd.DataFrame(rows, columns=["name", "role", "site", "site_only", "disabled", "created_at"])
 
 
 def build(ctx: AppContext) -> None:
@@ -167,7 +193,8 @@ def build(ctx: AppContext) -> None:
             i_map = gr.Textbox(label="Column mapping", placeholder="prompt=question chosen=best")
         i_btn = gr.Button("Import", variant="primary", elem_id="data-import")
         i_msg = gr.Markdown(elem_id="data-import-result")
-        i_report = gr.Dataframe(label="Problems (file, line, field)", interactive=False, elem_id="data-import-report")
+        i_report = gr.Dataframe(shown(None, "No import yet."), label="Problems (file, line, field)",
+                                interactive=False, elem_id="data-import-report")
     with gr.Accordion("Export (admin)", open=False):
         with gr.Row():
             e_kind = gr.Dropdown(["preference", "unpaired", "sft"], value="preference", label="Kind")
@@ -175,6 +202,7 @@ def build(ctx: AppContext) -> None:
             e_ties = gr.Radio(["drop", "keep"], value="drop", label="Ties")
         e_btn = gr.Button("Export", elem_id="data-export")
         e_file = gr.File(label="Download", elem_id="data-export-file")
+    fill_evalset, evalset_outputs = evalset_section.build(ctx)
     with gr.Accordion("Guidelines (admin)", open=False):
         g_text = gr.Textbox(lines=10, label="Markdown (shown on the Label page; press h there)")
         g_btn = gr.Button("Save guidelines", elem_id="data-guidelines-save")
@@ -185,7 +213,9 @@ def build(ctx: AppContext) -> None:
             u_pw = gr.Textbox(label="Password", type="password")
             u_role = gr.Dropdown(["annotator", "admin"], value="annotator", label="Role")
             u_site = gr.Textbox(label="Site")
-        u_btn = gr.Button("Save account")
+        with gr.Row():
+            u_btn = gr.Button("Save account")
+            u_switch = gr.Button("Disable / enable account", elem_id="data-user-switch")
         u_msg = gr.Markdown()
         users = gr.Dataframe(label="Accounts", interactive=False)
 
@@ -193,19 +223,22 @@ def build(ctx: AppContext) -> None:
     def on_refresh(user):
         t, s, a, o, md = summary_tables(ctx)
         conflicts = disputes(ctx) if user.is_admin else disputes(ctx).iloc[0:0]
-        return md, t, o, s, a, conflicts, accounts(ctx, user), ctx.db.get_setting("guidelines", "")
+        frames = {"tasks": t, "outcomes": o, "per_site": s, "per_annotator": a, "disputed": conflicts,
+                  "accounts": accounts(ctx, user)}
+        return (md, *(shown(df, EMPTY[k]) for k, df in frames.items()), ctx.db.get_setting("guidelines", ""))
 
     @handler(ctx)
     def on_pick(user, evt: gr.SelectData):
         row = evt.row_value if evt is not None else None
-        if not row:
+        if not row or row[0] == EMPTY["disputed"]:
             return gr.update(), gr.update(), gr.update()
         text, finals = dispute_detail(ctx, user, row[0])
         return row[0], gr.update(choices=finals, value=None), text
 
     @handler(ctx)
     def on_import(user, path, site, req, skip, mp):
-        return do_import(ctx, user, path, site, req, skip, mp)
+        head, report = do_import(ctx, user, path, site, req, skip, mp)
+        return head, shown(report, "No problems: every row was read.")
 
     @handler(ctx)
     def on_export(user, kind, fmt, ties):
@@ -220,18 +253,26 @@ def build(ctx: AppContext) -> None:
         return add_user(ctx, user, name, pw, role, site)
 
     @handler(ctx)
+    def on_switch(user, name):
+        return switch_user(ctx, user, name)
+
+    @handler(ctx)
     def on_resolve(user, tid, value):
         return resolve_task(ctx, user, tid, value)
 
     tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed, users, g_text]
     refresh.click(on_refresh, None, tables, api_name="data_summary")
+    refresh.click(fill_evalset, None, evalset_outputs, api_name="data_evalset")
     i_btn.click(on_import, [up, i_site, i_req, i_skip, i_map], [i_msg, i_report], api_name="data_import").success(
         on_refresh, None, tables, api_name=False)
     e_btn.click(on_export, [e_kind, e_fmt, e_ties], e_file, api_name="data_export")
     g_btn.click(on_guidelines, [g_text], g_msg, api_name="data_guidelines")
     u_btn.click(on_user, [u_name, u_pw, u_role, u_site], u_msg, api_name="data_add_user").success(
         on_refresh, None, tables, api_name=False)
+    u_switch.click(on_switch, [u_name], u_msg, api_name="data_switch_user").success(
+        on_refresh, None, tables, api_name=False)
     d_btn.click(on_resolve, [d_task, d_value], d_msg, api_name="data_resolve").success(
         on_refresh, None, tables, api_name=False)
     disputed.select(on_pick, None, [d_task, d_value, d_detail], api_name=False)
-    return lambda demo: demo.load(on_refresh, None, tables, api_name=False)
+    return lambda demo: (demo.load(on_refresh, None, tables, api_name=False),
+                         demo.load(fill_evalset, None, evalset_outputs, api_name=False))

@@ -1,4 +1,5 @@
-"""Label page: good/bad (KTO), blind pairs (DPO) and writing the ideal answer (SFT), keyboard first.
+"""Label page: good/bad (KTO), blind pairs (DPO) and writing the ideal answer (SFT), keyboard first; and Evaluate,
+the blind pairs of model evaluations (never training data unless an admin asks).
 
 The handlers are plain functions of (state, inputs, user) so they are tested without a browser; `build` only lays
 out components and wires them, each served labeling first (the app's training job paused, app.priority).
@@ -17,11 +18,16 @@ from app.handlers import handler
 from labeling import queue as Q
 from labeling.render import safe_markdown
 
-MODES = {"Good / bad": "single", "Pairs": "pair", "Write": "write"}
+MODES = {"Good / bad": "single", "Pairs": "pair", "Write": "write", "Evaluate": "pair"}
+# Evaluate: the blind pairs of model evaluations (labeling/blind_eval.py), a queue of their own, same keys as Pairs.
+PURPOSES = {"Evaluate": "evaluation"}
 VALUE_NAMES = {"good": "good", "bad": "bad", "a": "answer A", "b": "answer B", "tie": "tie",
                "both_bad": "both bad", "written": "written", "skip": "skipped"}
-# What the edit menu offers, in the annotator's own terms (pairs: the side they saw, not the stored a/b).
-EDIT_CHOICES = ["good", "bad", "left better", "right better", "tie", "both bad"]
+# What the edit menu offers for each kind of task, named as the Label page's buttons name them (pairs: the side the
+# annotator saw, not the stored a/b): (label, value).
+EDIT_CHOICES = {"single": [("Good", "good"), ("Bad", "bad")],
+                "pair": [("Left is better", "left better"), ("Right is better", "right better"), ("Tie", "tie"),
+                         ("Both bad", "both bad")]}
 HEADS = {"single": "**Answer**", "pair": "**Left answer** (1)", "write": "**Draft answer**"}
 
 
@@ -35,12 +41,13 @@ def decision_name(value: str, shown_order: str | None) -> str:
 def view(ctx: AppContext, user: User, task: dict | None, mode: str, note: str = "") -> dict:
     """Everything the page shows for `task` (None: nothing left)."""
     kind = MODES.get(mode, "single")
-    prog = Q.progress(ctx.db, user.name, kind)
+    prog = Q.progress(ctx.db, user.name, kind, PURPOSES.get(mode, "label"))
     out = {
         "task": task, "note": note,
         "progress": prog,
-        "history": [[h["id"], _short(h["prompt"]), decision_name(h["value"], h["shown_order"]),
-                     h["created_at"].strftime("%H:%M:%S")] for h in Q.history(ctx.db, user.name)],
+        # the row's position (1 = newest), not the decision's internal id, which changes on every edit
+        "history": [[i, _short(h["prompt"]), decision_name(h["value"], h["shown_order"]),
+                     h["created_at"].strftime("%H:%M:%S")] for i, h in enumerate(Q.history(ctx.db, user.name), 1)],
     }
     if task is None:
         out.update(prompt="**Nothing left to label here.** Try another mode or site, or come back later.",
@@ -60,8 +67,18 @@ def _short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def held_mode(ctx: AppContext, user: User) -> str | None:
+    """The mode that shows the task this person holds (a lease), None if they hold none."""
+    t = Q.held(ctx.db, user.name)
+    if t is None:
+        return None
+    return next((m for m, kind in MODES.items() if kind == t["kind"] and PURPOSES.get(m, "label") == t["purpose"]),
+                None)
+
+
 def next_view(ctx: AppContext, user: User, mode: str, site: str | None, note: str = "") -> dict:
-    task = Q.next_task(ctx.db, user.name, kind=MODES.get(mode, "single"), site=site or None)
+    task = Q.next_task(ctx.db, user.name, kind=MODES.get(mode, "single"), site=site or None,
+                       purpose=PURPOSES.get(mode, "label"))
     return view(ctx, user, task, mode, note)
 
 
@@ -103,15 +120,28 @@ def undo(ctx: AppContext, user: User, mode: str) -> dict:
     return view(ctx, user, task, mode, "Undone: that decision is withdrawn; here it is again.")
 
 
-def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict | None, mode: str) -> dict:
-    if annotation_id in (None, ""):
-        raise UserError("Pick a decision from the history first.")
-    if new_value not in EDIT_CHOICES:
-        raise UserError(f"Choose what to change decision #{int(annotation_id)} to.")
+def picked(ctx: AppContext, user: User, position) -> dict:
+    """The decision on row `position` (1 = newest) of this person's history."""
+    rows = Q.history(ctx.db, user.name)
+    if position in (None, "") or not 1 <= int(position) <= len(rows):
+        raise UserError("Pick a decision from the history first (click its row).")
+    return rows[int(position) - 1]
+
+
+def edit_choices(kind: str | None) -> list[tuple[str, str]]:
+    """What a decision on a task of this kind can be changed to (written answers: undo, then write again)."""
+    return EDIT_CHOICES.get(kind or "", [])
+
+
+def edit(ctx: AppContext, user: User, position, new_value: str, task: dict | None, mode: str) -> dict:
+    row = picked(ctx, user, position)
+    annotation_id, n = row["id"], int(position)
+    if new_value not in {v for _, v in EDIT_CHOICES["single"] + EDIT_CHOICES["pair"]}:
+        raise UserError(f"Choose what to change decision {n} to.")
     order = Q.shown_order(ctx.db, annotation_id)
     if new_value in ("left better", "right better"):
         if order not in ("ab", "ba"):
-            raise UserError(f"Decision #{int(annotation_id)} is not about a pair; choose good or bad.")
+            raise UserError(f"Decision {n} is not about a pair; choose good or bad.")
         value = order[0] if new_value == "left better" else order[1]
     else:
         value = {"both bad": "both_bad"}.get(new_value, new_value)
@@ -119,7 +149,8 @@ def edit(ctx: AppContext, user: User, annotation_id, new_value: str, task: dict 
         Q.edit_annotation(ctx.db, int(annotation_id), user.name, value)
     except (Q.LabelError, ValueError) as e:
         raise UserError(str(e)) from None
-    return view(ctx, user, task, mode, f"Changed decision #{int(annotation_id)} to {decision_name(value, order)}.")
+    return view(ctx, user, task, mode, f"Changed decision {n} to {decision_name(value, order)}; it is now the first "
+                "row.")
 
 
 def guidelines(ctx: AppContext) -> str:
@@ -181,8 +212,8 @@ def build(ctx: AppContext) -> None:
     with gr.Accordion("My last 10 decisions (click one to change it)", open=True):
         hist = gr.Dataframe(headers=["#", "prompt", "decision", "time"], interactive=False, elem_id="label-history")
         with gr.Row():
-            edit_id = gr.Number(label="Decision #", precision=0, scale=1)
-            edit_value = gr.Dropdown(EDIT_CHOICES, label="Change to", scale=1)
+            edit_id = gr.Number(label="Row", precision=0, scale=1, info="Click a row above to pick it.")
+            edit_value = gr.Dropdown(edit_choices("single"), value=None, label="Change to", scale=1)
             b_edit = gr.Button("Change", scale=1, elem_id="label-edit")
 
     outputs = [task_state, note, prompt, resp1, resp2, col2, write_box, single_row, pair_row, write_row, progress, hist,
@@ -237,13 +268,21 @@ def build(ctx: AppContext) -> None:
     b_undo.click(on_undo, [mode], outputs, api_name="label_undo")
     b_edit.click(on_edit, [edit_id, edit_value, task_state, mode], outputs, api_name="label_edit")
 
-    @handler(ctx, user=False)
-    def on_pick(evt: gr.SelectData):
-        """Clicking a row of the history picks that decision for editing."""
+    @handler(ctx)
+    def on_pick(user, evt: gr.SelectData):
+        """Clicking a row of the history picks that decision for editing, with its own kind's choices."""
         row = evt.row_value if evt is not None else None
-        return row[0] if row else gr.update()
+        if not row:
+            return gr.update(), gr.update()
+        kind = picked(ctx, user, row[0])["kind"]
+        return row[0], gr.update(choices=edit_choices(kind), value=None)
 
-    hist.select(on_pick, None, edit_id, api_name=False)
+    @handler(ctx, user=False)
+    def on_mode_choices(m):
+        return gr.update(choices=edit_choices(MODES.get(m, "single")), value=None)
+
+    hist.select(on_pick, None, [edit_id, edit_value], api_name=False)
+    mode.change(on_mode_choices, mode, edit_value, api_name=False)
 
     @handler(ctx)
     def on_whoami(u):
@@ -255,8 +294,14 @@ def build(ctx: AppContext) -> None:
         """Sites imported and guidelines edited since the page was built."""
         return gr.update(choices=site_choices()), guidelines(ctx)
 
+    @handler(ctx, labeling=True)
+    def on_reload(user, m, s):
+        """A (re)loaded page opens on the task this person holds, in its mode (README: a reload shows it)."""
+        m = held_mode(ctx, user) or m
+        return (m, *render(next_view(ctx, user, m, _site(s))))
+
     def on_load(demo):
-        demo.load(on_next, [mode, site], outputs, api_name=False)
+        demo.load(on_reload, [mode, site], [mode, *outputs], api_name=False)
         demo.load(on_page_load, None, [site, guide_md], api_name=False)
         demo.load(on_whoami, None, whoami, api_name=False)
     return on_load

@@ -2,7 +2,9 @@
 the answer stream in shaded by the model's confidence, and turn an opinion about it into training data on the
 spot: 👍/👎 becomes a good/bad label (KTO), "left/right is better" a pair label (DPO), and "write the right answer"
 an SFT example. They are stored exactly like Label-page decisions (tasks + annotations, the annotator, their
-site), with source 'playground' and the run that produced the answer.
+site), with source 'playground' and the run that produced the answer. A side-by-side pick measures the two models,
+so it is a blind-evaluation judgment (labeling/blind_eval.py): counted in their win rate, not trained on unless an
+admin asks.
 
 The handlers below are plain functions of (ctx, user, state, inputs); `build` only lays out and wires them.
 """
@@ -14,9 +16,10 @@ from typing import Iterator
 
 import gradio as gr
 
-from app.chat import Answer, ModelCache, ModelSpec, confidence_note, model_choices, shaded_html, stream_answer
+from app.chat import Answer, ModelCache, ModelSpec, answer_html, confidence_note, model_choices, stream_answer
 from app.context import AppContext, User, UserError, admin_only
 from app.handlers import handler
+from labeling import blind_eval
 from labeling import queue as Q
 
 THRESHOLD_KEY = "low_confidence_logp"
@@ -105,6 +108,7 @@ def ask(ctx: AppContext, cache: ModelCache, prompt: str, keys: list[str], temper
                 live.discard(i)
         for i, a in enumerate(answers):
             state["texts"][i], state["mean_logp"][i] = a.text, a.mean_logp
+        state["answers"] = list(answers)         # in model order: redrawn shaded or as markdown on request
         state["done"] = all(a.done for a in answers)
         yield state, [answers[i] for i in order]
 
@@ -124,10 +128,14 @@ def _answer_at(state: dict | None, position: int) -> tuple[str, dict]:
 
 
 def _save(ctx: AppContext, user: User, kind: str, prompt: str, responses: list[str], value: str,
-          run_id: str | None, origins: list[str], text: str | None = None, shown_order: str | None = None) -> int:
+          run_id: str | None, origins: list[str], text: str | None = None, shown_order: str | None = None,
+          models: list[str] | None = None) -> int:
+    """`models` (the keys of a side-by-side pair's two models) makes the task a blind-evaluation one."""
     try:
         tid = Q.create_task(ctx.db, kind, prompt, responses, site=user.site, source="playground",
-                            run_id=run_id, origins=origins)
+                            run_id=run_id, origins=origins, purpose="evaluation" if models else "label")
+        if models:
+            blind_eval.add_task(ctx.db, blind_eval.TRY, tid, *models)
         Q.make_room(ctx.db, tid, user.name)
         return Q.save_annotation(ctx.db, tid, user.name, value, text=text, shown_order=shown_order,
                                  source="playground", run_id=run_id, site=user.site)
@@ -146,8 +154,8 @@ def rate(ctx: AppContext, user: User, state: dict | None, position: int, value: 
 
 
 def prefer(ctx: AppContext, user: User, state: dict | None, choice: str) -> str:
-    """'Left/right is better', tie or both bad on a side-by-side pair: a pair label (DPO data). The task keeps the
-    models in the order they were picked (a = first model); shown_order maps the blind sides back."""
+    """'Left/right is better', tie or both bad on a side-by-side pair: a blind-evaluation judgment. The task keeps
+    the models in the order they were picked (a = first model); shown_order maps the blind sides back."""
     if not state or len(state.get("order", [])) != 2:
         raise UserError("Compare two models side by side first.")
     for position in (0, 1):
@@ -158,9 +166,11 @@ def prefer(ctx: AppContext, user: User, state: dict | None, choice: str) -> str:
     value = Q.pair_value_from_shown(choice, shown_order)
     winner = {"a": state["models"][0], "b": state["models"][1]}.get(value)
     aid = _save(ctx, user, "pair", state["prompt"], state["texts"], value, winner["run_id"] if winner else None,
-                [f"playground:{m['key']}" for m in state["models"]], shown_order=shown_order)
+                [f"playground:{m['key']}" for m in state["models"]], shown_order=shown_order,
+                models=[m["key"] for m in state["models"]])
     said = {"1": "left is better", "2": "right is better", "3": "a tie", "0": "both bad"}[choice]
-    return f"Saved: {said} (pair label #{aid}). Reveal to see which model was which."
+    return (f"Saved: {said} (blind-evaluation judgment #{aid}: it counts in the models' win rate, not as training "
+            "data). Reveal to see which model was which.")
 
 
 def write_answer(ctx: AppContext, user: User, state: dict | None, text: str) -> str:
@@ -202,9 +212,9 @@ def build(ctx: AppContext):
     cache = ModelCache()
     state = gr.State(None)
     gr.Markdown("Ask a model a question from your work. Rate the answer, or write the right one: it becomes "
-                "training data like a label on the Label page. Redder text = the model was less sure (hover a word "
-                "for its probability). Each question is answered on its own, without earlier ones, so what you "
-                "rate is exactly what training will see.")
+                "training data like a label on the Label page. While an answer is written, and with \"Shade words\" "
+                "ticked, redder text = the model was less sure (hover a word for its probability). Each question "
+                "is answered on its own, without earlier ones, so what you rate is exactly what training will see.")
     with gr.Row():
         m1 = gr.Dropdown([], label="Model", scale=3, elem_id="try-model-1")
         both = gr.Checkbox(label="Side by side (blind)", value=False, scale=1, elem_id="try-side-by-side")
@@ -216,7 +226,10 @@ def build(ctx: AppContext):
             top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
             max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
     prompt = gr.Textbox(label="Your question", lines=3, elem_id="try-prompt")
-    b_ask = gr.Button("Ask", variant="primary", elem_id="try-ask")
+    with gr.Row():
+        b_ask = gr.Button("Ask", variant="primary", elem_id="try-ask", scale=3)
+        shade = gr.Checkbox(value=False, label="Shade words by the model's confidence", scale=1, elem_id="try-shade",
+                            info="Off: the answer as formatted text (bold, lists, code), like the Label page.")
     with gr.Row():
         with gr.Column():
             head1, out1, conf1, up1, down1 = answer_column(1, "**Answer**")
@@ -248,7 +261,7 @@ def build(ctx: AppContext):
         return gr.update(choices=choices, value=a), gr.update(choices=choices, value=b), threshold(ctx)
 
     @handler(ctx)
-    def on_ask(user, text, first, second, side_by_side, t, p, n):
+    def on_ask(user, text, first, second, side_by_side, t, p, n, shade):
         limit = threshold(ctx)
         keys = pick_models(ctx, first, second, side_by_side)
         first_update = True
@@ -258,8 +271,8 @@ def build(ctx: AppContext):
             notes = [confidence_note(a, limit) if a.done else "*writing…*" for a in shown]
             clear = "" if first_update else gr.update()
             first_update = False
-            yield (st, shaded_html(shown[0]), notes[0],
-                   shaded_html(shown[1]) if len(shown) > 1 else "", notes[1] if len(shown) > 1 else "",
+            yield (st, answer_html(shown[0], shade), notes[0],
+                   answer_html(shown[1], shade) if len(shown) > 1 else "", notes[1] if len(shown) > 1 else "",
                    "**Left answer**" if len(shown) > 1 else f"**Answer** from {html.escape(st['models'][0]['label'])}",
                    st["texts"][st["order"][0]] if st["done"] else gr.update(), clear, clear)
 
@@ -301,7 +314,7 @@ def build(ctx: AppContext):
         return gr.update(interactive=on)
 
     b_ask.click(ask_enabled, gr.State(False), b_ask, api_name=False) \
-        .then(on_ask, [prompt, m1, m2, both, temperature, top_p, max_new],
+        .then(on_ask, [prompt, m1, m2, both, temperature, top_p, max_new, shade],
               [state, out1, conf1, out2, conf2, head1, written, revealed, note], api_name="try_ask") \
         .then(ask_enabled, gr.State(True), b_ask, api_name=False)
     for btn, pos, value in ((up1, 0, "good"), (down1, 0, "bad"), (up2, 1, "good"), (down2, 1, "bad")):
@@ -309,6 +322,15 @@ def build(ctx: AppContext):
     for btn, choice in ((p1, "1"), (p2, "2"), (p3, "3"), (p0, "0")):
         btn.click(make_preferrer(choice), [state], note, api_name=f"try_prefer_{choice}")
     b_reveal.click(on_reveal, [state], revealed, api_name="try_reveal")
+
+    @handler(ctx, user=False)
+    def on_shade(st, on):
+        """The finished answers again, shaded by confidence or as formatted text."""
+        answers = (st or {}).get("answers") or []
+        views = [answer_html(answers[i], on) for i in st["order"]] if answers else []
+        return (views[0] if views else gr.update()), (views[1] if len(views) > 1 else gr.update())
+
+    shade.change(on_shade, [state, shade], [out1, out2], api_name=False)
     b_write.click(on_write, [state, written], note, api_name="try_write")
     b_thr.click(on_threshold, [thr], note, api_name="try_threshold")
     return lambda demo: demo.load(on_models, [m1, m2], model_outputs, api_name=False)

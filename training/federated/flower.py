@@ -78,14 +78,17 @@ def site_round(msg: Message, context: Context, read_rows: Callable[[dict, str], 
     cfg = JobConfig.from_dict(json.loads(str(msg.content["config"]["job"])))
     f = cfg.federated
     site = _site(context, cfg, read_rows)
-    update, instances = site.fit(msg.content["lora"].to_torch_state_dict(), f.local_steps, f.proximal_mu)
+    beta = msg.content["config"].get("beta")
+    update, instances = site.fit(msg.content["lora"].to_torch_state_dict(), f.local_steps, f.proximal_mu,
+                                 float(beta) if beta is not None else None)
     tr = site.trainer
     if instances:   # per-example values stay here, for the site's own charts
         rundir.write_instances(tr.run_dir, tr.step, instances)
     tr.save_checkpoint()
     reply = RecordDict({"lora": ArrayRecord.from_torch_state_dict(update.state),
                         "site": ConfigRecord({"name": site.name}),
-                        "fit": MetricRecord({"num-examples": update.n_examples})})
+                        "fit": MetricRecord({"num-examples": update.n_examples,
+                                            **({"beta": update.beta} if update.beta is not None else {})})})
     for i, s in enumerate(update.scalars):
         reply[f"step-{i}"] = MetricRecord({k: float(v) for k, v in s.items()})
     return Message(reply, reply_to=msg)
@@ -129,9 +132,9 @@ def run_federated_flower(grid: Grid, run_dir: Path, min_sites: int = 2, wait_s: 
         _wait_for_sites(grid, status, min_sites, wait_s)
         job = json.dumps(cfg.to_dict())
 
-        def train_round(rnd: int, chosen: list[int], global_state: dict) -> list[SiteUpdate]:
+        def train_round(rnd: int, chosen: list[int], global_state: dict, beta: float) -> list[SiteUpdate]:
             content = RecordDict({"lora": ArrayRecord.from_torch_state_dict(global_state),
-                                  "config": ConfigRecord({"job": job, "round": rnd})})
+                                  "config": ConfigRecord({"job": job, "round": rnd, "beta": beta})})
             msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=str(rnd)) for n in chosen]
             replies = list(grid.send_and_receive(msgs, timeout=round_timeout_s))
             ok = [r for r in replies if not r.has_error()]
@@ -143,7 +146,8 @@ def run_federated_flower(grid: Grid, run_dir: Path, min_sites: int = 2, wait_s: 
             return [SiteUpdate(str(r.content["site"]["name"]), r.content["lora"].to_torch_state_dict(),
                                float(r.content["fit"]["num-examples"]),
                                [dict(r.content[k]) for k in sorted((k for k in r.content if k.startswith("step-")),
-                                                                   key=lambda k: int(k[5:]))])
+                                                                   key=lambda k: int(k[5:]))],
+                               float(r.content["fit"]["beta"]) if "beta" in r.content["fit"] else None)
                     for r in ok]
 
         return run_rounds(cfg, run_dir, model, grid.get_node_ids, train_round, status)

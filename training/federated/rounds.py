@@ -2,8 +2,10 @@
 SuperNode per site). Only how a round reaches the sites differs, so that is the one thing the caller passes in.
 
 Per round: sample sites (seeded), let them train `local_steps` from the global adapter, write their per-step
-metrics (with `site` and `round`), aggregate (FedAvg by example count, FedProx, FedAdam, FedYogi), record how far
-the global adapter moved, and evaluate it where the caller can. At the end the global adapter is the run's.
+metrics (with `site` and `round`), aggregate (FedAvg by example count, FedProx, or a server optimizer: FedAdam,
+FedYogi, FedAdagrad, FedAvgM), record how far the global adapter moved, and evaluate it where the caller can.
+eps-DPO's beta is global state too: each site starts a round from the global beta, moves it while training, and
+the server averages the sites' betas with the FedAvg weights. At the end the global adapter is the run's.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Callable, Hashable
 
 from storage import rundir
 from training.config import JobConfig
-from training.federated.aggregators import ServerOptimizer, State, aggregate
+from training.config import SERVER_OPTIMIZERS
+from training.federated.aggregators import ServerOptimizer, State, aggregate, weighted_mean
 from training.modeling import load_trainable_state, trainable_state
 from training.runtime import Status
 
@@ -27,25 +30,27 @@ class SiteUpdate:
     state: State
     n_examples: float
     scalars: list[dict]
+    beta: float | None = None     # eps-DPO: the site's beta after its local steps
 
 
 def run_rounds(cfg: JobConfig, run_dir: Path, model, sites: Callable[[], list[Hashable]],
-               train_round: Callable[[int, list[Hashable], State], list[SiteUpdate]], status: Status,
+               train_round: Callable[[int, list[Hashable], State, float], list[SiteUpdate]], status: Status,
                evaluate: Callable[[], dict] | None = None) -> str:
     """Train `model`'s adapter over cfg.federated.rounds. `sites()` lists who can take part now (sites may join or
-    leave between rounds); `train_round(round, chosen, global_state)` returns the updates of the chosen sites that
-    finished; `evaluate()` scores `model`, which holds the global weights after each round."""
+    leave between rounds); `train_round(round, chosen, global_state, beta)` returns the updates of the chosen sites
+    that finished; `evaluate()` scores `model`, which holds the global weights after each round."""
     f = cfg.federated
     global_state = trainable_state(model)
-    server = ServerOptimizer(f.aggregator, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau) \
-        if f.aggregator in ("fedadam", "fedyogi") else None
+    beta = cfg.beta
+    server = ServerOptimizer(f.aggregator, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau,
+                             f.server_momentum, f.momentum_lr) if f.aggregator in SERVER_OPTIMIZERS else None
     rng = random.Random(cfg.seed)
     t0 = time.time()
     for rnd in range(1, f.rounds + 1):
         pool = sorted(sites())
         chosen = sorted(rng.sample(pool, min(f.clients_per_round or len(pool), len(pool))))
         status(phase=f"round {rnd} of {f.rounds}: {len(chosen)} sites training")
-        updates = train_round(rnd, chosen, global_state)
+        updates = train_round(rnd, chosen, global_state, beta)
         for u in updates:
             for i, s in enumerate(u.scalars):
                 rundir.append_metrics(run_dir, {"step": (rnd - 1) * f.local_steps + i + 1, "time": time.time(),
@@ -55,11 +60,14 @@ def run_rounds(cfg: JobConfig, run_dir: Path, model, sites: Callable[[], list[Ha
         drift = sum(float((new_state[n] - global_state[n]).norm()) for n in global_state)
         global_state = new_state
         load_trainable_state(model, global_state)
+        betas = [(u.beta, u.n_examples) for u in updates if u.beta is not None]
+        if betas:
+            beta = weighted_mean(*zip(*betas))
         step = rnd * f.local_steps
         rundir.append_metrics(run_dir, {"step": step, "time": time.time(), "split": "train", "round": rnd,
                                         "federated/sites": len(updates),
                                         "federated/sites_lost": len(chosen) - len(updates),
-                                        "federated/update_norm": drift})
+                                        "federated/update_norm": drift, **({"federated/beta": beta} if betas else {})})
         ev = evaluate() if evaluate else {}
         if ev:
             rundir.append_metrics(run_dir, {"step": step, "time": time.time(), "split": "eval", "round": rnd, **ev})

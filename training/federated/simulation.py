@@ -21,8 +21,35 @@ from training.modeling import load_trainable_state, trainable_state
 from training.runtime import JobError, Status, heartbeat, site_dirname
 
 
+def restart_local_optimizer(trainer, steps: int) -> None:
+    """A fresh AdamW (no moments) and a learning-rate schedule over `steps`, as the authors' code builds a new
+    local trainer every round. The torch objects are replaced inside accelerate's wrappers, so checkpoints save
+    them as before."""
+    from transformers import get_scheduler
+
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    opt.state.clear()
+    cfg = trainer.cfg
+    schedule = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)
+    if hasattr(trainer.scheduler, "scheduler"):
+        trainer.scheduler.scheduler = schedule
+    else:
+        trainer.scheduler = schedule
+
+
+def site_config(cfg: JobConfig, rows: pd.DataFrame) -> JobConfig:
+    """A site's own job: every round's steps on its rows; KTO keeps the user's lambdas unless the run balances
+    each site's classes (lambda_D = n_U / n_D of the site's own data, the authors' setting)."""
+    site_cfg = copy.deepcopy(cfg)
+    site_cfg.federated = None
+    site_cfg.max_steps = cfg.federated.rounds * cfg.federated.local_steps
+    if cfg.algorithm == "kto" and cfg.federated.balance_kto_per_site:
+        site_cfg.desirable_weight, site_cfg.undesirable_weight = partition.site_kto_weights(rows)
+    return site_cfg
+
+
 class SiteClient:
-    """One site: its rows, its own Trainer on the shared model, its KTO class weights."""
+    """One site: its rows, its own Trainer on the shared model, its KTO class weights if it balances its own."""
 
     def __init__(self, name: str, rows: pd.DataFrame, cfg: JobConfig, run_dir: Path, model=None, tokenizer=None,
                  eval_rows: pd.DataFrame | None = None):
@@ -34,19 +61,22 @@ class SiteClient:
         rows.to_parquet(site_dir / rundir.TRAIN_DATA, index=False)
         if eval_rows is not None:   # the server's held-out set, evaluated with the global weights each round
             eval_rows.to_parquet(site_dir / rundir.EVAL_DATA, index=False)
-        site_cfg = copy.deepcopy(cfg)
-        site_cfg.federated = None
-        site_cfg.max_steps = cfg.federated.rounds * cfg.federated.local_steps
-        if cfg.algorithm == "kto":   # each site balances its own classes (lambda_D = n_U / n_D)
-            site_cfg.desirable_weight, site_cfg.undesirable_weight = partition.site_kto_weights(rows)
+        site_cfg = site_config(cfg, rows)
         self.cfg = site_cfg
+        self.fresh_optimizer = cfg.federated.fresh_local_optimizer
         self.trainer = Trainer(site_cfg, site_dir).prepare(model=model, tokenizer=tokenizer)
 
-    def fit(self, global_state: dict, local_steps: int, mu: float = 0.0) -> tuple[SiteUpdate, list[dict]]:
-        """Train from the global weights (with FedProx's proximal term when mu > 0); returns the update for the
-        server and the per-instance rows, which stay at the site."""
+    def fit(self, global_state: dict, local_steps: int, mu: float = 0.0,
+            beta: float | None = None) -> tuple[SiteUpdate, list[dict]]:
+        """Train from the global weights (with FedProx's proximal term when mu > 0) and, for eps-DPO, the global
+        beta; returns the update for the server and the per-instance rows, which stay at the site."""
         tr = self.trainer
+        moves_beta = tr.algorithm.needs_ref_logits        # eps-DPO
         load_trainable_state(tr.model, global_state)
+        if moves_beta and beta is not None:
+            tr.beta = beta
+        if self.fresh_optimizer:
+            restart_local_optimizer(tr, local_steps)
         if mu > 0:
             params = {k: p for k, p in tr.model.named_parameters() if p.requires_grad}
             tr.extra_loss = lambda: proximal_term(params, global_state, mu)
@@ -58,7 +88,8 @@ class SiteClient:
                 row["site"] = self.name
             instances += inst
         tr.extra_loss = None
-        return SiteUpdate(self.name, trainable_state(tr.model), self.n, scalars), instances
+        return SiteUpdate(self.name, trainable_state(tr.model), self.n, scalars,
+                          tr.beta if moves_beta else None), instances
 
 
 def prepare_sites(cfg: JobConfig, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -93,10 +124,10 @@ def run_federated(cfg: JobConfig, run_dir: str | Path) -> str:
     for n in names[1:]:
         clients[n] = SiteClient(n, sites[n], cfg, run_dir, model=model, tokenizer=tok)
 
-    def train_round(rnd: int, chosen: list[str], global_state: dict) -> list[SiteUpdate]:
+    def train_round(rnd: int, chosen: list[str], global_state: dict, beta: float) -> list[SiteUpdate]:
         updates = []
         for name in chosen:
-            update, instances = clients[name].fit(global_state, f.local_steps, f.proximal_mu)
+            update, instances = clients[name].fit(global_state, f.local_steps, f.proximal_mu, beta)
             updates.append(update)
             for row in instances:
                 row["step"] = rnd * f.local_steps

@@ -17,6 +17,8 @@ WORK = {"sft": 1.0, "pairs": 2.0, "unpaired": 1.5}
 def work(algorithm: str) -> float:
     a = algorithms.ALGORITHMS.get(algorithm)
     return WORK[a.data_kind] * (1.5 if a.needs_ref_logits else 1.0) if a else 1.0
+
+
 # Sustained training FLOP/s of a first run, before anything is measured: a few CPU cores (DPO on SmolLM2 in fp32
 # measured 5.3 s a step of 4 pairs of ~180 tokens, docs/benchmarks.md: about 2e11), one recent GPU.
 FIRST_GUESS_FLOPS = {"cpu": 2e11, "gpu": 2e13}

@@ -60,3 +60,21 @@ def test_first_evaluation_reports_its_reference_progress(tmp_path, tiny_model_di
     phases.clear()
     tr.evaluate()                              # the second evaluation reuses them
     assert phases == []
+
+
+def test_the_first_step_does_not_wait_for_the_starting_evaluation(tmp_path, tiny_model_dir):
+    # A new adapter leaves the policy equal to the reference: the step-0 held-out numbers come from the reference
+    # pass of the first evaluation, after the first training step, and equal an evaluation run before any step.
+    from storage import rundir
+
+    before = trainer(make_run(tmp_path / "before", tiny_model_dir, "dpo", eval_rows=True, max_steps=3))
+    expected = before.evaluate()
+    run = make_run(tmp_path / "run", tiny_model_dir, "dpo", eval_rows=True, max_steps=3)
+    assert trainer(run).train() == "finished"
+    lines, _ = rundir.read_metrics(run)
+    assert lines[0]["split"] == "train" and lines[0]["step"] == 1      # the first chart point is a training step
+    start = [m for m in lines if m["split"] == "eval" and m["step"] == 0]
+    assert len(start) == 1
+    for name, value in expected.items():
+        assert start[0][name] == pytest.approx(value, abs=1e-6), name
+    assert start[0]["eval/m_theta"] == 0.0

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from storage import rundir
+from training import algorithms
 
 FORMS = ("adapter", "merged")
 
@@ -106,20 +107,16 @@ def _merge(base: Path, adapter: Path, dst: Path) -> None:
 
 
 # -- model card -----------------------------------------------------------------------------------------------------------
-ALGORITHM_NAMES = {"sft": "SFT", "minor_sft": "MinorSFT", "dpo": "DPO", "eps_dpo": "ε-DPO", "mrpo": "MRPO",
-                   "kto": "KTO"}
-# The objective's own settings (the others do not act on it), then the optimisation settings every run has.
-OBJECTIVE_FIELDS = {"sft": ("sft_reduction",), "minor_sft": ("beta", "sft_reduction"),
-                    "dpo": ("beta", "loss_type", "label_smoothing"), "eps_dpo": ("beta", "loss_type", "epsilon"),
-                    "mrpo": ("beta", "loss_type", "eta", "mrpo_weights", "references"),
-                    "kto": ("beta", "desirable_weight", "undesirable_weight")}
+# The objective's own settings come from its registry entry (training/algorithms.py); then the optimisation settings
+# every run has.
 COMMON_FIELDS = ("learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
                  "grad_accum", "max_steps", "epochs", "max_length", "max_prompt_length", "seed", "precision")
 
 
 def model_card(run_dir: Path, cfg: dict, form: str, info: dict) -> str:
     base = Path(cfg.get("model") or "")
-    algo = ALGORITHM_NAMES.get(cfg.get("algorithm"), str(cfg.get("algorithm")))
+    entry = algorithms.ALGORITHMS.get(cfg.get("algorithm"))
+    algo = entry.title if entry else str(cfg.get("algorithm"))
     lora = cfg.get("lora")
     counts = info.get("label_counts") or label_counts(run_dir, cfg)
     # A caller may count rows per site only ({site: n}); show that as one column.
@@ -140,7 +137,7 @@ def model_card(run_dir: Path, cfg: dict, form: str, info: dict) -> str:
              f"| trained steps | {_final_step(run_dir)} |",
              f"| Exported | {_now()} |", "",
              "## Hyper-parameters", "", "| name | value |", "|---|---|"]
-    fields = OBJECTIVE_FIELDS.get(cfg.get("algorithm"), ()) + COMMON_FIELDS
+    fields = (entry.settings if entry else ()) + COMMON_FIELDS
     lines += [f"| {k} | {cfg[k]} |" for k in fields if cfg.get(k) not in (None, [], "")]
     if lora:
         lines += [f"| lora.{k} | {v} |" for k, v in lora.items()]

@@ -391,9 +391,10 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, policy_is_reference: bool = False) -> dict[str, float]:
         """Held-out preference accuracy by implicit reward (and by the policy's own per-token likelihood, which
-        is also meaningful for the base model), mean m_theta; the eval batches are shared out among the processes."""
+        is also meaningful for the base model), mean m_theta; the eval batches are shared out among the processes.
+        policy_is_reference: the step-0 numbers, from the cached reference log-probs alone (no policy forward)."""
         if not self.eval_examples:
             return {}
         kind = self.algorithm.data_kind
@@ -404,11 +405,17 @@ class Trainer:
             start = starts[i or 0]
             exs = self.eval_examples[start:start + self.cfg.batch_size]
             b = make_batch(exs, kind, self.tokenizer.pad_token_id)
-            with self.accelerator.autocast():
-                out = self.logps(self.model, b.parts)
-            if i is None:
-                continue
-            pol, ref, nt = out.logps.float().cpu(), self._ref(b.keys)[0].cpu(), out.n_tokens.cpu().clamp(min=1)
+            if policy_is_reference:
+                if i is None:
+                    continue
+                ref = self._ref(b.keys)[0].cpu()
+                pol, nt = ref.clone(), b.n_tokens.cpu().clamp(min=1)
+            else:
+                with self.accelerator.autocast():
+                    out = self.logps(self.model, b.parts)
+                if i is None:
+                    continue
+                pol, ref, nt = out.logps.float().cpu(), self._ref(b.keys)[0].cpu(), out.n_tokens.cpu().clamp(min=1)
             ms[i] = ((pol - ref) / nt).tolist()
             B = len(exs)
             if kind == "pairs":
@@ -475,7 +482,11 @@ class Trainer:
                      resumed_from=start_step or None)
         stop_beat = heartbeat(self._status)
         try:
-            if start_step == 0 and self.eval_examples:
+            # The starting point's evaluation: a new adapter (or a full fine-tune's copy) leaves the policy equal to
+            # the reference, so the step-0 numbers are the reference's, taken from the reference pass the first
+            # evaluation makes anyway, and the first training step is not kept waiting for it.
+            start_pending = bool(self.eval_examples) and self._starts_at_reference() and not self._logged_eval(0)
+            if start_step == 0 and self.eval_examples and not start_pending:
                 self._log("eval", self.evaluate())
             bar = _progress(self.total_steps, start_step) if main else (lambda step, loss: None)
             while self.step < self.total_steps:
@@ -488,6 +499,7 @@ class Trainer:
                     if main and rows:
                         rundir.write_instances(self.run_dir, self.step, rows)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+                    start_pending = self._log_start_eval(start_pending)
                     self._log("eval", self.evaluate())
                 done = self.step - start_step
                 eta = (time.time() - t_start) / done * (self.total_steps - self.step)
@@ -500,6 +512,7 @@ class Trainer:
                     self._status(state="stopped", phase="stopped; resume continues from step %d" % self.step)
                     return "stopped"
             if self.eval_examples:
+                self._log_start_eval(start_pending)
                 self._log("eval", self.evaluate())
                 self._status(phase="writing sample answers to held-out prompts")
                 if main:
@@ -523,9 +536,25 @@ class Trainer:
         df.to_parquet(tmp, index=False)
         tmp.rename(self.run_dir / rundir.GENERATIONS)
 
-    def _log(self, split: str, scalars: dict) -> None:
+    def _log(self, split: str, scalars: dict, step: int | None = None) -> None:
         if self.accelerator.is_main_process:
-            rundir.append_metrics(self.run_dir, {"step": self.step, "time": time.time(), "split": split, **scalars})
+            rundir.append_metrics(self.run_dir, {"step": self.step if step is None else step, "time": time.time(),
+                                                 "split": split, **scalars})
+
+    def _starts_at_reference(self) -> bool:
+        """Whether the policy at step 0 is the reference exactly: a new LoRA adapter (B = 0) or a full fine-tune
+        from the base, not a run that starts from an earlier adapter."""
+        return not self.cfg.adapter_init
+
+    def _logged_eval(self, step: int) -> bool:
+        lines, _ = rundir.read_metrics(self.run_dir)
+        return any(m.get("split") == "eval" and m.get("step") == step for m in lines)
+
+    def _log_start_eval(self, pending: bool) -> bool:
+        """Log the deferred step-0 evaluation (policy = reference) once; returns whether it is still pending."""
+        if pending:
+            self._log("eval", self.evaluate(policy_is_reference=True), step=0)
+        return False
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop: SIGTERM may reach only one (the app signals the main process)

@@ -2,9 +2,12 @@
 
 - SFT vs MinorSFT (arXiv 2408.10642's central claim: lower deviation from the base at equal loss). Both runs train
   the same LoRA start on the same HH chosen answers in the same order, with the same (per-sequence mean)
-  reduction. Every `--probe-every` steps a fixed probe set of training answers is scored: its per-sequence mean
-  NLL and mean m_theta against the base. m_theta is then read off each run at the same NLL levels (linear
-  interpolation), from the base's NLL down to the level both runs reached.
+  reduction. Every `--probe-every` steps a fixed probe set of training answers is scored (its per-sequence mean
+  NLL: how well the run fits what it trains on) and so are `--held-out` answers it never trains on (their mean
+  m_theta against the base: how far the model moved elsewhere). m_theta on the training probe itself would say
+  nothing here: with a per-sequence mean it is exactly the probe's NLL drop, the same for any run at equal NLL.
+  The held-out m_theta is read off each run at the same training NLL levels (linear interpolation), from the
+  base's NLL down to the level both runs reached.
 - DPO vs eps-DPO on the same pairs: final training loss and reward accuracy, held-out preference accuracy and
   m_theta, and eps-DPO's beta and share of instances whose beta-tilde moved.
 Each run is short (CPU-sized); compare the two runs of a pair, not absolute numbers across machines.
@@ -79,24 +82,29 @@ def sft_vs_minor_sft(args, work: Path, pairs) -> dict:
     from training.trainer import Trainer
 
     tok = load_tokenizer(args.model)
-    rows = fitting(pairs, tok, args.max_prompt_length, args.pairs)
-    sft_rows = rows.rename(columns={"chosen": "completion"}).drop(columns="rejected")
+    rows = fitting(pairs, tok, args.max_prompt_length, args.pairs + args.held_out)
+    answers = rows.rename(columns={"chosen": "completion"}).drop(columns="rejected")
+    sft_rows, held_rows = answers.head(args.pairs), answers.iloc[args.pairs:].reset_index(drop=True)
     probe = tokenize(sft_rows.head(args.probe).reset_index(drop=True), tok, "sft", args.max_length,
                      args.max_prompt_length)
-    out, curves = {"train_answers": len(sft_rows), "probe_answers": len(probe)}, {}
+    held = tokenize(held_rows, tok, "sft", args.max_length, args.max_prompt_length)
+    out, curves = {"train_answers": len(sft_rows), "probe_answers": len(probe), "held_out_answers": len(held)}, {}
     for kind in ("sft", "minor_sft"):
         _fresh_accelerate_state()
         cfg = base_config(args, kind, sft_reduction="seq_mean", beta=args.minor_beta)
         tr = Trainer(cfg, make_run_dir(work, kind, cfg, sft_rows)).prepare()
         base, n = sft_probe(tr, probe)
+        held_base, held_n = sft_probe(tr, held)
         curve, t0 = [(float((-base / n).mean()), 0.0)], time.perf_counter()
-        log(f"{kind} step 0: probe NLL {curve[0][0]:.4f}, m_theta 0")
+        log(f"{kind} step 0: probe NLL {curve[0][0]:.4f}, held-out m_theta 0")
         for step in range(1, args.steps + 1):
             s, _ = tr.train_step()
             if step % args.probe_every == 0 or step == args.steps:
                 lp, _ = sft_probe(tr, probe)
-                curve.append((float((-lp / n).mean()), float(((lp - base) / n).mean())))
-                log(f"{kind} step {step}: loss {s['loss']:.4f}, probe NLL {curve[-1][0]:.4f}, m_theta {curve[-1][1]:.5f}")
+                held_lp, _ = sft_probe(tr, held)
+                curve.append((float((-lp / n).mean()), float(((held_lp - held_base) / held_n).mean())))
+                log(f"{kind} step {step}: loss {s['loss']:.4f}, probe NLL {curve[-1][0]:.4f}, "
+                    f"held-out m_theta {curve[-1][1]:.5f}")
         curves[kind] = curve
         out[kind] = {"steps": args.steps, "wall_s": round(time.perf_counter() - t0, 1),
                      "probe": [{"nll": round(a, 4), "m_theta": round(b, 5)} for a, b in curve]}
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=default_model())
     ap.add_argument("--data", type=Path, default=HH)
     ap.add_argument("--pairs", type=int, default=128, help="training pairs (SFT trains on their chosen answers)")
-    ap.add_argument("--held-out", type=int, default=64)
+    ap.add_argument("--held-out", type=int, default=64, help="answers never trained on (both comparisons)")
     ap.add_argument("--probe", type=int, default=32, help="training answers scored for the SFT/MinorSFT curves")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--probe-every", type=int, default=5)

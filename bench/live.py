@@ -62,7 +62,8 @@ class Viewer(threading.Thread):
             figs = figures(self.ctx, self.run_id)
             now = time.time()
             self.refresh_ms.append(1000 * (time.perf_counter() - t0))
-            steps = [int(x) for tr in figs[0].data for x in (tr.x if tr.x is not None else [])]
+            loss = figs[0][1]           # (applies, figure) per panel; the first panel is the loss chart
+            steps = [int(x) for tr in (loss.data if loss is not None else []) for x in (tr.x if tr.x is not None else [])]
             for s in steps:
                 self.seen.setdefault(s, now)
 

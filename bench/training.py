@@ -137,7 +137,8 @@ TARGETS = {"all-linear": "all-linear", "attention": ATTENTION}
 
 
 def lora(args) -> LoraConfig:
-    return LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=TARGETS[args.targets])
+    """LoRA r=8 on `args.targets` (the job's default, all-linear, for callers without that option)."""
+    return LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=TARGETS[getattr(args, "targets", "all-linear")])
 
 
 def trl_trainer(kind: str, args, rows: pd.DataFrame, out_dir: Path, on_step):

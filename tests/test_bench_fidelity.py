@@ -25,6 +25,7 @@ def test_fidelity_reports_both_comparisons_on_a_tiny_model(tiny_model_dir, capsy
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sft = out["sft_vs_minor_sft"]
+    assert sft["held_out_answers"] == 4 and sft["train_answers"] == 8    # deviation read on answers never trained on
     for kind in ("sft", "minor_sft"):
         probe = sft[kind]["probe"]
         assert len(probe) == 3 and probe[0]["m_theta"] == 0.0 and probe[-1]["nll"] < probe[0]["nll"]

@@ -110,7 +110,7 @@ def test_sigkill_loses_no_acknowledged_label(tmp_path):
 
 def label_through_the_app(url: str, names: list[str], acked: list, stop: threading.Event, errors: list) -> None:
     """Each name is one simulated annotator with its own session, pressing `a` (good) through the Gradio API; a
-    label is acknowledged when the call returns, by the decision number the page lists first in its history."""
+    label is acknowledged when the call returns, by the prompt and decision the page lists first in its history."""
     from gradio_client import Client
 
     def one(name: str) -> None:
@@ -122,8 +122,8 @@ def label_through_the_app(url: str, names: list[str], acked: list, stop: threadi
                 if not any(isinstance(o, str) and o.startswith("Saved") for o in out):
                     break                                    # nothing left to label
                 (hist,) = [o for o in out if isinstance(o, dict) and "decision" in o.get("headers", [])]
-                decision_id, _prompt, value, _time = hist["data"][0]
-                acked.append((int(decision_id), name, value))
+                _position, prompt, value, _time = hist["data"][0]     # the newest decision is listed first
+                acked.append((prompt, name, value))
         except Exception as e:  # noqa: BLE001 - the app was killed under it: expected, unless nothing was acked
             errors.append(repr(e))
 
@@ -165,8 +165,10 @@ def test_sigkill_of_the_real_app_with_8_annotators(tmp_path):
         assert len(acked) - start >= round_acks, errors[:3]
 
     db = open_db(home / "preflab.duckdb")
-    stored = {(i, a, v) for i, a, v in db.fetchall("SELECT id, annotator, value FROM annotations")}
-    assert {(i, a, v) for i, a, v in acked} <= stored
+    stored = set(db.fetchall("""SELECT p.text, a.annotator, a.value FROM annotations a
+                                JOIN tasks t ON t.id = a.task_id JOIN prompts p ON p.id = t.prompt_id"""))
+    assert len(set(acked)) == len(acked)                       # each acknowledgement is a different decision
+    assert set(acked) <= stored
     assert db.scalar("""SELECT count(*) FROM (SELECT task_id, annotator FROM annotations GROUP BY ALL
                         HAVING count(*) > 1)""") == 0          # nobody got the same task twice across restarts
     db.close()

@@ -78,6 +78,9 @@ def test_runs_are_scored_on_the_evaluation_set_and_get_a_verdict(ctx, tiny_model
     assert "Prefers the answers your team preferred on" in verdicts
     assert {t.name.split(" · ")[0] for t in loss.data} == {"first dpo", "second dpo"}
     assert "<th" in answers and ">base model</th>" in answers and ">first dpo</th>" in answers
+    import pandas as pd                                                  # the base answered the run's prompts
+    run_prompts = set(pd.read_parquet(ctx.runs_dir / rid / rundir.GENERATIONS)["prompt"])
+    assert run_prompts and set(evaluation.base_generations(ctx.db, [rid])) == run_prompts
     assert list(board["model"])[:2] == ["base model (evaluation set v1)", "first dpo"]
 
 

@@ -22,7 +22,7 @@ def run_evaluate(cfg: JobConfig, run_dir: Path) -> str:
     cfg.max_steps = 1
     trainer = Trainer(cfg, run_dir).prepare()
     report = trainer.evaluate()
-    prompts = trainer.eval_rows["prompt"].astype(str).drop_duplicates().head(8).tolist()
+    prompts = sorted(set(trainer.eval_rows["prompt"].astype(str)))[:8]   # the same prompts as every run's answers
     answers = generate(trainer.model, trainer.tokenizer, prompts, 1, 0.0, 1.0, cfg.max_new_tokens)
     report["generations"] = [{"prompt": p, "response": a[0]} for p, a in zip(prompts, answers)]
     report["n_eval"] = len(trainer.eval_examples)

@@ -524,12 +524,13 @@ class Trainer:
             stop_beat()
 
     def sample_answers(self, n: int = 8) -> None:
-        """Greedy answers to the first held-out prompts, for side-by-side comparison of runs."""
+        """Greedy answers to the first held-out prompts in sorted order (the base score answers the same ones), for
+        side-by-side comparison of runs."""
         import pandas as pd
 
         from training.generate import generate
 
-        prompts = self.eval_rows["prompt"].astype(str).drop_duplicates().head(n).tolist()
+        prompts = sorted(set(self.eval_rows["prompt"].astype(str)))[:n]   # the same n as the base score's (evaluate.py)
         answers = generate(self.model, self.tokenizer, prompts, 1, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens)
         df = pd.DataFrame({"prompt": prompts, "response": [a[0] for a in answers], "sample": 0})
         tmp = self.run_dir / f".{rundir.GENERATIONS}.tmp"

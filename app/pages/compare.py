@@ -65,7 +65,7 @@ def answers_html(df: pd.DataFrame) -> str:
         return "<p>No answers to show: runs write answers to held-out prompts when they finish.</p>"
     width = f"{100 / len(df.columns):.1f}%"
     head = "".join(f'<th style="width:{width}">{escape(str(c))}</th>' for c in df.columns)
-    body = "".join("<tr>" + "".join(f'<td style="vertical-align:top;white-space:pre-wrap">{escape(str(v))}</td>'
+    body = "".join("<tr>" + "".join(f'<td style="vertical-align:top;white-space:pre-wrap;overflow-wrap:anywhere">{escape(str(v)) or "—"}</td>'
                                     for v in r) + "</tr>" for r in df.itertuples(index=False))
     return f'<table style="table-layout:fixed;width:100%"><tr>{head}</tr>{body}</table>'
 

@@ -12,14 +12,13 @@ import argparse
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.training import ROOT, default_model
+from bench.app_process import running_app
+from bench.training import default_model
 
 CHROMIUM = "/usr/bin/chromium"
 TARGET_S = 20.0
@@ -44,31 +43,9 @@ def labeled_demo(home: Path, model: Path) -> int:
 
 @contextlib.contextmanager
 def app(home: Path, model: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFLAB_HOME": str(home), "PREFLAB_MODEL": str(model), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONPATH": str(ROOT)}
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app exited: {(home / 'server.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """The real app on the demo home with `model` as its default model; yields its address."""
+    with running_app(home, env={"PREFLAB_MODEL": str(model)}) as (url, _proc):
+        yield url
 
 
 def first_point(url: str, timeout_s: float) -> dict:

@@ -16,11 +16,7 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.app_process import running_app
 
 
 def seed(home: Path, n_tasks: int, n_annotators: int) -> list[tuple[str, str]]:
@@ -51,29 +47,6 @@ def seed(home: Path, n_tasks: int, n_annotators: int) -> list[tuple[str, str]]:
         set_user(ctx.db, name, password)
     ctx.db.close()
     return people
-
-
-def start_app(home: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFLAB_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--auth", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {(home / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the app did not answer within 120 s")
 
 
 class Annotator:
@@ -155,8 +128,8 @@ def run(annotators: int, seconds: float, pace: tuple[float, float], tasks: int) 
     with tempfile.TemporaryDirectory(prefix="preflab-load-") as tmp:
         home = Path(tmp)
         people = seed(home, tasks, annotators)
-        proc, url = start_app(home)
-        try:
+        with running_app(home, auth=True) as (url, proc):
+            url = url.rstrip("/")
             t0 = time.perf_counter()
             with ThreadPoolExecutor(16) as pool:          # logins in parallel, as a team arriving at work
                 persons = list(pool.map(lambda p: Annotator(url, *p), people))
@@ -170,13 +143,6 @@ def run(annotators: int, seconds: float, pace: tuple[float, float], tasks: int) 
             for t in threads:
                 t.join()
             server_cpu = cpu_s(proc.pid) - cpu0
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         stored = stored_labels(home)
     latencies = sorted(x for r in results.values() for x in r["latencies"])
     errors = [e for r in results.values() for e in r["errors"]]

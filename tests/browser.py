@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.app_process import free_port, running_app  # noqa: F401 - the tests start the app through these
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -25,40 +23,6 @@ def need_chromium():
         if os.environ.get("CI"):
             pytest.fail("CI must have Debian chromium installed (.ci/run installs it).")
         pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver).")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(home: Path, auth: bool = False, env: dict | None = None):
-    port = free_port()
-    e = {**os.environ, "PREFLAB_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
-         **(env or {})}
-    cmd = [sys.executable, "-m", "app", "serve", "--port", str(port)] + (["--auth"] if auth else [])
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the app exited: {(home / 'server.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.3)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @contextlib.contextmanager

@@ -262,17 +262,25 @@ class Supervisor:
             self._tasks_from_generations(run_id, run_dir)
         elif state == "finished" and kind == "train":
             self._score(run_id)
+        elif state == "finished" and kind == "score":
+            from app import queue_scores
+
+            queue_scores.ingest(self.db, run_id, run_dir)
         log.info("run %s %s", run_id, state)
 
     def _score(self, run_id: str) -> None:
         """A finished training run is scored on the evaluation set, its base model once per set version
-        (app/scoring.py); a failure to queue that is logged, it never fails the run."""
-        from app.scoring import queue_scores
+        (app/scoring.py), and re-scores the open tasks where a queue serves the model's least sure first
+        (app/queue_scores.py); a failure to queue either is logged, it never fails the run."""
+        from app import queue_scores
+        from app.scoring import queue_scores as queue_evaluation
 
-        try:
-            queue_scores(self.ctx, run_id)
-        except Exception:  # noqa: BLE001 - the run itself finished fine
-            log.exception("could not queue the scoring of run %s", run_id)
+        for what, queue in (("scoring", lambda: queue_evaluation(self.ctx, run_id)),
+                            ("queue scores", lambda: queue_scores.queue_scoring(self.ctx))):
+            try:
+                queue()
+            except Exception:  # noqa: BLE001 - the run itself finished fine
+                log.exception("could not queue the %s after run %s", what, run_id)
 
     def _tasks_from_generations(self, run_id: str, run_dir: Path) -> None:
         """Answers of a generation job join the labeling queues: one good/bad task per answer, and a blind pair

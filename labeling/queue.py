@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Iterator
 
 from labeling import ids
+from labeling import queue_order
 from storage.db import Database
 
 VALUES = {"single": ("good", "bad"), "pair": ("a", "b", "tie", "both_bad"), "write": ("written",)}
@@ -128,9 +129,10 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
               lease_s: int = 300, rng: random.Random | None = None, purpose: str = "label") -> dict | None:
     """The next task for this annotator, leased to them for lease_s seconds: never one they already labeled or
     skipped, never a complete one, never one whose open slots are all leased to others. A task already leased to
-    them comes back first (a page reload shows the same task); otherwise tasks closest to complete come first
-    (finish what others started), then a per-annotator shuffle. `purpose` 'evaluation' serves the blind evaluation
-    tasks (the Evaluate mode), which the labeling queues ('label') never show."""
+    them comes back first (a page reload shows the same task); then the mode's queue order (labeling/queue_order.py:
+    model unsure first, disagreement first), and otherwise tasks closest to complete come first (finish what others
+    started), then a per-annotator shuffle. `purpose` 'evaluation' serves the blind evaluation tasks (the Evaluate
+    mode, always in the random order), which the labeling queues ('label') never show."""
     filters, fparams = " AND t.purpose = ?", [purpose]
     if kind:
         filters += " AND t.kind = ?"
@@ -163,8 +165,22 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
             rows = db.fetchall(f"SELECT {TASK_COLS} FROM tasks t WHERE t.id IN (SELECT unnest(?)){filters}",
                                [own, *fparams])
             row = next((r for r in rows if usable(r)), None)
+        order = queue_order.order_of(db, kind) if purpose == "label" else "random"
+        pick_rng = rng or random.Random()
+        if row is None and order == "unsure":
+            row = _first(lambda limit: queue_order.unsure_rows(db, TASK_COLS, filters, fparams, limit), usable,
+                         len(done) + len(held))
+        if row is None and order == "disagreement":
+            for r, reopen in queue_order.split_rows(db, TASK_COLS, filters, fparams, pick_rng):
+                if reopen and held.get(r[0], 0) == 0 and (r[0] not in done or done[r[0]][1] == "retracted"):
+                    db.execute("UPDATE tasks SET required = n_done + 1 WHERE id = ?", [r[0]])   # a tie-breaker
+                    row = (*r[:6], r[7] + 1, r[7])
+                    break
+                if not reopen and usable(r):
+                    row = r
+                    break
         if row is None:
-            row = _pick(db, filters, fparams, usable, len(done) + len(held), rng or random.Random())
+            row = _pick(db, filters, fparams, usable, len(done) + len(held), pick_rng)
         if row is None:
             return None
         db.execute("DELETE FROM leases WHERE annotator = ? AND task_id <> ?", [annotator, row[0]])
@@ -172,6 +188,18 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
                    [row[0], annotator, now + timedelta(seconds=lease_s)])
         # a held pair shown again (a reload) keeps its sides: its order is drawn once per task and person
         return _task_view(db, row, rng or random.Random(f"{row[0]}|{annotator}"))
+
+
+def _first(fetch, usable, n_excluded: int) -> tuple | None:
+    """The first usable row of an ordered query `fetch(limit)`: CANDIDATES rows, then (when all of those were
+    excluded) as many more as can be excluded, so the second read settles it."""
+    limit = CANDIDATES
+    while True:
+        rows = fetch(limit)
+        row = next((r for r in rows if usable(r)), None)
+        if row is not None or len(rows) < limit or limit > n_excluded:
+            return row
+        limit = n_excluded + CANDIDATES + 1
 
 
 def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rng: random.Random) -> tuple | None:
@@ -182,17 +210,11 @@ def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rn
     start = rng.randrange(n_rows) if n_rows else 0
     for stage in ("t.n_done > 0", "t.n_done = 0"):
         for part in ("t.rowid >= ?", "t.rowid < ?"):
-            limit = CANDIDATES
-            while True:
-                rows = db.fetchall(f"""SELECT {TASK_COLS} FROM tasks t
-                                       WHERE {part} AND {stage} AND t.n_done < t.required{filters} LIMIT ?""",
-                                   [start, *fparams, limit])
-                row = next((r for r in rows if usable(r)), None)
-                if row is not None:
-                    return row
-                if len(rows) < limit or limit > n_excluded:
-                    break   # nothing usable here: more rows than can be excluded were all read
-                limit = n_excluded + CANDIDATES + 1
+            row = _first(lambda limit: db.fetchall(f"""SELECT {TASK_COLS} FROM tasks t
+                             WHERE {part} AND {stage} AND t.n_done < t.required{filters} LIMIT ?""",
+                             [start, *fparams, limit]), usable, n_excluded)
+            if row is not None:
+                return row
     return None
 
 

@@ -244,3 +244,17 @@ WHERE t.kind = 'pair' AND (t.batch LIKE 'ab:%' OR t.batch = 'playground')
   AND (rb.origin LIKE 'run:%' OR rb.origin LIKE 'playground:%');
 UPDATE tasks SET purpose = 'evaluation' WHERE kind = 'pair' AND (batch LIKE 'ab:%' OR batch = 'playground');
 """)
+
+# Model-in-the-loop queue orders (labeling/queue_order.py): each open task's score from the newest `score` job
+# (training/score.py), replaced whole when a newer one finishes. Used by the queue as an order, never shown to
+# annotators. unsure: distance from the model's decision boundary (smaller = less sure).
+migration("m008_task_scores", """
+CREATE TABLE task_scores (
+    task_id VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    score DOUBLE,
+    unsure DOUBLE NOT NULL,
+    method VARCHAR,
+    scored_at TIMESTAMP DEFAULT current_timestamp
+);
+""")

@@ -52,6 +52,10 @@ def run_job(run_dir: str | Path) -> int:
             trainer = Trainer(cfg, run_dir)
             install_sigterm(trainer)
             state = trainer.prepare().train()
+        elif cfg.kind == "score":
+            from training.score import run_score
+
+            state = run_score(cfg, run_dir)
         elif cfg.kind == "generate":
             from training.generate import run_generate
 

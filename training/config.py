@@ -15,7 +15,7 @@ from typing import Any
 
 from training import algorithms
 
-KINDS = ("train", "generate", "evaluate")
+KINDS = ("train", "generate", "evaluate", "score")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 SERVER_OPTIMIZERS = ("fedadam", "fedyogi", "fedadagrad", "fedavgm")   # a server-side step on the averaged delta
@@ -60,7 +60,7 @@ class FederatedConfig:
 @dataclass
 class JobConfig:
     # -- what to run
-    kind: str = "train"              # train | generate | evaluate
+    kind: str = "train"              # train | generate | evaluate | score (the labeling queue's model-unsure order)
     algorithm: str = "dpo"           # training/algorithms.py: sft | minor_sft | dpo | minor_dpo | eps_dpo | mrpo | kto
     model: str = ""                  # local Hugging Face model directory (the base, reference 0)
     adapter_init: str | None = None  # start from this adapter (new run from an earlier one; evaluate/generate a run)
@@ -182,7 +182,8 @@ class JobConfig:
         need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16.")
         need(self.gpus >= 1, f"gpus must be at least 1 (got {self.gpus}).")
         need(self.gpus == 1 or (self.kind == "train" and self.federated is None),
-             "Only a training run (not generation, evaluation or a federated run) can use several GPUs; set gpus to 1.")
+             "Only a training run (not generation, evaluation, scoring or a federated run) can use several GPUs; "
+             "set gpus to 1.")
         need(self.num_samples >= 1 and self.max_new_tokens >= 1, "num_samples and max_new_tokens must be >= 1.")
         need(0 < self.top_p <= 1 and self.temperature >= 0, "top_p must be in (0, 1] and temperature >= 0.")
         problems = algorithms.get(self.algorithm).problems(self)

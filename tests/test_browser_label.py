@@ -165,7 +165,8 @@ def test_direct_api_calls_enforce_roles(home):
                           ("/data_import", [handle_file(str(upload)), "", None, False, ""]),
                           ("/data_add_user", ["mallory", "secret-pw", "admin", ""]),
                           ("/data_resolve", ["x", "a"]), ("/try_threshold", [-1]),
-                          ("/train_start", None), ("/generate_start", None), ("/run_stop", ["x"])):
+                          ("/train_start", None), ("/generate_start", None), ("/run_stop", ["x"]),
+                          ("/train_iterate", []), ("/queue_order_set", ["Pairs", "unsure"]), ("/queue_rescore", [])):
             kwargs = {} if args is not None else {    # long forms: send the page's own defaults
                 p["parameter_name"]: p.get("parameter_default") for p in
                 alice.view_api(return_format="dict", print_info=False)["named_endpoints"][api]["parameters"]}

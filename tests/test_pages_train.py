@@ -144,9 +144,10 @@ def test_the_form_reaches_its_handlers_as_named_values_with_the_configs_defaults
 def test_sites_and_annotators_are_read_when_the_page_loads(ctx):
     fns, _ = page(ctx)
     label(ctx)                             # labeled after the page was built
-    sites, annotators, _, hint = fns["on_page_load"].fn(None)
+    sites, annotators, _, hint, plan = fns["on_page_load"].fn(None)
     assert sites["choices"] == ["plant-a", "plant-b"] and annotators["choices"] == ["x"]
     assert "8 decided pairs" in hint and "**DPO** fits pairs" in hint
+    assert "No run yet" in plan and "DPO" in plan        # what "Train on what is new" would start
 
 
 def test_the_runs_page_says_how_the_job_adapted_to_the_model(ctx, tiny_model_dir):

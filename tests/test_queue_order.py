@@ -11,6 +11,7 @@ import pytest
 from app import iterate, queue_scores
 from app.context import PermissionDenied, User
 from app.launch import create_run
+from app.pages import queue_section
 from app.supervisor import Supervisor
 from labeling import queue as Q
 from labeling import queue_order
@@ -213,3 +214,21 @@ def test_train_on_what_is_new_continues_from_the_latest_adapter_on_all_labels(ct
     assert trained + n_held == 12                                    # every label so far
     with pytest.raises(PermissionDenied):
         iterate.train_on_what_is_new(ctx, User("ann", "annotator"))
+
+
+def test_the_data_page_sets_the_order_for_admins_only_and_says_what_the_scores_stand_on(ctx):
+    from app.pages import data as D
+    from tests.test_handlers import endpoints
+
+    pairs(ctx.db, 3)
+    assert "Only admins" in queue_section.summary(ctx, User("ann", "annotator"))
+    with pytest.raises(PermissionDenied):
+        queue_section.set_order(ctx, User("ann", "annotator"), "Pairs", "unsure")
+    api = endpoints(ctx, D)
+    msg = api["queue_order_set"]("Pairs", "unsure", None)
+    assert "Score job" in msg and queue_order.order_of(ctx.db, "pair") == "unsure"
+    text = api["data_queue"](None)
+    assert "Pairs: **Model unsure first**" in text and "0 of 3 open tasks scored" in text
+    assert "queued or running" in text
+    with pytest.raises(Exception, match="needs answers to score"):
+        api["queue_order_set"]("Write", "unsure", None)

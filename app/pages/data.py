@@ -13,7 +13,7 @@ import pandas as pd
 
 from app.context import AppContext, User, UserError, admin_only
 from app.handlers import handler
-from app.pages import evalset_section
+from app.pages import evalset_section, queue_section
 from app.tables import shown
 from labeling import agreement as A
 from labeling.dataset import data_summary
@@ -203,6 +203,7 @@ def build(ctx: AppContext) -> None:
         e_btn = gr.Button("Export", elem_id="data-export")
         e_file = gr.File(label="Download", elem_id="data-export-file")
     fill_evalset, evalset_outputs = evalset_section.build(ctx)
+    fill_queue, queue_outputs = queue_section.build(ctx)
     with gr.Accordion("Guidelines (admin)", open=False):
         g_text = gr.Textbox(lines=10, label="Markdown (shown on the Label page; press h there)")
         g_btn = gr.Button("Save guidelines", elem_id="data-guidelines-save")
@@ -263,6 +264,7 @@ def build(ctx: AppContext) -> None:
     tables = [agreement_md, tasks, outcomes, per_site, per_ann, disputed, users, g_text]
     refresh.click(on_refresh, None, tables, api_name="data_summary")
     refresh.click(fill_evalset, None, evalset_outputs, api_name="data_evalset")
+    refresh.click(fill_queue, None, queue_outputs, api_name="data_queue")
     i_btn.click(on_import, [up, i_site, i_req, i_skip, i_map], [i_msg, i_report], api_name="data_import").success(
         on_refresh, None, tables, api_name=False)
     e_btn.click(on_export, [e_kind, e_fmt, e_ties], e_file, api_name="data_export")
@@ -275,4 +277,5 @@ def build(ctx: AppContext) -> None:
         on_refresh, None, tables, api_name=False)
     disputed.select(on_pick, None, [d_task, d_value, d_detail], api_name=False)
     return lambda demo: (demo.load(on_refresh, None, tables, api_name=False),
-                         demo.load(fill_evalset, None, evalset_outputs, api_name=False))
+                         demo.load(fill_evalset, None, evalset_outputs, api_name=False),
+                         demo.load(fill_queue, None, queue_outputs, api_name=False))

@@ -7,6 +7,7 @@ import html
 import gradio as gr
 import pandas as pd
 
+from app import iterate
 from app import train_guide as guide
 from app.chart_guide import GLOSSARY
 from app.context import AppContext, User, UserError, admin_only, require_admin
@@ -253,6 +254,10 @@ def build(ctx: AppContext):
                 if (ctx.runs_dir / r / "adapter").exists()]
 
     defaults, fed_defaults, first = JobConfig(model="x"), FederatedConfig(), "dpo"
+    with gr.Row(equal_height=True):
+        b_iterate = gr.Button("Train on what is new", variant="primary", scale=1, elem_id="train-iterate")
+        iterate_md = gr.Markdown(elem_id="train-iterate-plan")
+    iterate_msg = gr.Markdown(elem_id="train-iterate-result")
     with gr.Row():
         algorithm = gr.Radio([(a.title, a.name) for a in algorithms.ALGORITHMS.values()], value=first,
                              label="Algorithm", elem_id="train-algorithm", scale=3)
@@ -379,6 +384,10 @@ def build(ctx: AppContext):
         return start_training(ctx, user, cfg, data, f["name"], f["eval_fraction"], filters)
 
     @handler(ctx)
+    def on_iterate(user):
+        return iterate.train_on_what_is_new(ctx, user)
+
+    @handler(ctx)
     def on_generate(user, n, k, tok, only, mdl):
         return start_generation(ctx, user, n, k, tok, only, mdl)
 
@@ -394,7 +403,8 @@ def build(ctx: AppContext):
     def on_page_load():
         """Sites, annotators and finished runs as they are now, not as they were when the app started."""
         return (gr.update(choices=Q.sites(ctx.db)), gr.update(choices=annotator_names(ctx.db)),
-                gr.update(choices=reference_choices()), guide.algorithm_hint(**label_counts(ctx.db)))
+                gr.update(choices=reference_choices()), guide.algorithm_hint(**label_counts(ctx.db)),
+                iterate.describe(ctx))
 
     algorithm.change(on_algo, [algorithm, loss_type], [explain, refs, loss_type, sft_reduction, *boxes.values()], api_name=False)
 
@@ -406,4 +416,5 @@ def build(ctx: AppContext):
     b_check.click(on_check, form_inputs, [report, boxes["desirable_weight"], samples], api_name="train_check")
     b_train.click(on_train, form_inputs, report, api_name="train_start")
     g_btn.click(on_generate, [g_n, g_k, g_tok, g_only, model], g_msg, api_name="generate_start")
-    return lambda demo: demo.load(on_page_load, None, [f_sites, f_ann, refs, hint], api_name=False)
+    b_iterate.click(on_iterate, None, iterate_msg, api_name="train_iterate")
+    return lambda demo: demo.load(on_page_load, None, [f_sites, f_ann, refs, hint, iterate_md], api_name=False)

@@ -119,6 +119,7 @@ def _transaction(db: Database) -> Iterator[None]:
         finally:
             if nested:
                 _INDEX.pop(db, None)
+                queue_order.forget(db)
 
 
 # -- next task -------------------------------------------------------------------------------------------------------
@@ -171,11 +172,13 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
             row = _first(lambda limit: queue_order.unsure_rows(db, TASK_COLS, filters, fparams, limit), usable,
                          len(done) + len(held))
         if row is None and order == "disagreement":
-            for r, reopen in queue_order.split_rows(db, TASK_COLS, filters, fparams, pick_rng):
+            for r, reopen in queue_order.split_rows(db, TASK_COLS, filters, fparams):
                 if reopen and held.get(r[0], 0) == 0 and (r[0] not in done or done[r[0]][1] == "retracted"):
                     db.execute("UPDATE tasks SET required = n_done + 1 WHERE id = ?", [r[0]])   # a tie-breaker
                     row = (*r[:6], r[7] + 1, r[7])
                     break
+                if reopen:
+                    continue
                 if not reopen and usable(r):
                     row = r
                     break

@@ -27,11 +27,11 @@ def check_invariants(db):
     return rows
 
 
-def annotate(db, who, acked, errors, seed, lease_s=300, undo_every=0):
+def annotate(db, who, acked, errors, seed, idle, lease_s=300, undo_every=0):
     rng = random.Random(seed)
     n = 0
     try:
-        while (task := next_or_wait(db, who, lease_s, rng)) is not None:
+        while (task := next_or_wait(db, who, lease_s, rng, idle)) is not None:
             if task["kind"] == "pair":
                 value = Q.pair_value_from_shown(rng.choice("1230"), task["shown_order"])
             else:
@@ -51,29 +51,51 @@ def annotate(db, who, acked, errors, seed, lease_s=300, undo_every=0):
                 acked.remove(next(a for a in acked if a[1] == back["task_id"] and a[2] == who))
     except Exception as e:  # noqa: BLE001 - surfaced by the test
         errors.append(repr(e))
+    finally:
+        idle.leave(who)
 
 
-def next_or_wait(db, who, lease_s, rng, wait_s=20.0):
-    """The next task; when there is none only because others hold the last open tasks on lease, wait for them as
-    a person on the Label page would (they may skip or undo and free a slot), instead of leaving."""
-    import time
+class Idle:
+    """Who is out of tasks. An annotator with none leaves only once everybody is out of tasks at the same time:
+    until then someone may still undo or skip and free a slot (a person on the Label page would come back to it)."""
 
-    deadline = time.time() + wait_s
+    def __init__(self, n: int):
+        self.cond, self.n, self.out = threading.Condition(), n, set()
+
+    def wait(self, who: str) -> bool:
+        """Mark `who` out of tasks; True once everyone is, else False after a moment (look again)."""
+        with self.cond:
+            self.out.add(who)
+            if len(self.out) == self.n:
+                self.cond.notify_all()
+                return True
+            self.cond.wait(0.05)
+            return len(self.out) == self.n
+
+    def back(self, who: str) -> None:
+        with self.cond:
+            self.out.discard(who)
+
+    def leave(self, who: str) -> None:
+        with self.cond:     # a finished annotator counts as out of tasks for good
+            self.out.add(who)
+            self.cond.notify_all()
+
+
+def next_or_wait(db, who, lease_s, rng, idle):
+    """The next task; with none, wait until everybody is out of tasks (a state, not a time)."""
     while True:
         task = Q.next_task(db, who, lease_s=lease_s, rng=rng)
-        held_by_others = db.scalar("""
-            SELECT count(*) FROM leases l JOIN tasks t ON t.id = l.task_id
-            WHERE l.annotator <> ? AND t.n_done < t.required
-              AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.task_id = l.task_id AND a.annotator = ?)""",
-                                   [who, who])
-        if task is not None or not held_by_others or time.time() > deadline:
+        if task is not None:
+            idle.back(who)
             return task
-        time.sleep(0.02)
+        if idle.wait(who):
+            return None
 
 
 def run_annotators(db, n, **kw):
-    acked, errors = [], []
-    threads = [threading.Thread(target=annotate, args=(db, f"ann{i}", acked, errors, i), kwargs=kw)
+    acked, errors, idle = [], [], Idle(n)
+    threads = [threading.Thread(target=annotate, args=(db, f"ann{i}", acked, errors, i, idle), kwargs=kw)
                for i in range(n)]
     for t in threads:
         t.start()

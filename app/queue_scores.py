@@ -66,7 +66,26 @@ def queue_scoring(ctx: AppContext) -> str | None:
     if waiting:
         return None
     name = f"queue scores by {source['name'] if source else 'the base model'}"
-    return create_run(ctx, cfg, data, name=name, parent_id=parent)
+    return create_run(ctx, cfg, with_known_references(ctx.db, cfg, data), name=name, parent_id=parent)
+
+
+SAME_REFERENCE = ("model", "max_length", "max_prompt_length", "quantization")
+
+
+def with_known_references(db: Database, cfg: JobConfig, data: pd.DataFrame) -> pd.DataFrame:
+    """The tasks with the reference log-probs the newest finished score job of the same base model and lengths
+    computed (training/score.py takes them instead of a second forward per answer)."""
+    for config, run_dir in db.fetchall("SELECT config, run_dir FROM runs WHERE kind = 'score' AND state = 'finished' "
+                                       "ORDER BY finished_at DESC LIMIT 5"):
+        earlier = json.loads(config or "{}")
+        path = Path(run_dir or "") / rundir.SCORES
+        if all(earlier.get(k) == getattr(cfg, k) for k in SAME_REFERENCE) and path.exists():
+            try:
+                known = pd.read_parquet(path, columns=["task_id", "ref_logp_a", "ref_logp_b"])
+            except (OSError, ValueError, KeyError):
+                continue   # an older job's file without them
+            return data.merge(known, on="task_id", how="left")
+    return data
 
 
 def ingest(db: Database, run_id: str, run_dir: str | Path) -> int:

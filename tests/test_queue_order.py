@@ -262,3 +262,19 @@ def test_the_split_tasks_kept_in_memory_follow_every_vote_change(db):
             fresh = queue_order._Splits()
             fresh.sync(db)
             assert (kept.order, kept.tied) == (fresh.order, fresh.tied)
+
+
+def test_a_new_score_job_gets_the_reference_log_probs_an_earlier_one_of_the_same_base_computed(ctx):
+    ids = pairs(ctx.db, 3)
+    queue_order.set_order(ctx.db, "pair", "unsure")
+    first = queue_scores.queue_scoring(ctx)
+    pd.DataFrame({"task_id": ids[:2], "score": 0.0, "unsure": 0.0, "method": "likelihood", "ref_logp_a": [-1.0, -2.0],
+                  "ref_logp_b": [-3.0, -4.0]}).to_parquet(ctx.runs_dir / first / rundir.SCORES)
+    ctx.db.execute("UPDATE runs SET state = 'finished', finished_at = current_timestamp WHERE id = ?", [first])
+    fake_run(ctx)                                          # same base model and lengths as the base's job
+    second = queue_scores.queue_scoring(ctx)
+    data = pd.read_parquet(ctx.runs_dir / second / rundir.TRAIN_DATA).set_index("task_id")
+    assert data.loc[ids[1], "ref_logp_b"] == -4.0 and pd.isna(data.loc[ids[2], "ref_logp_a"])
+    cfg = JobConfig.load(ctx.runs_dir / first / rundir.CONFIG)
+    cfg.max_length += 1                                    # other truncation: another reference
+    assert "ref_logp_a" not in queue_scores.with_known_references(ctx.db, cfg, data.reset_index()[["task_id"]])

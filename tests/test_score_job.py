@@ -137,3 +137,45 @@ def test_stop_ends_the_job_as_stopped_without_scores(tmp_path, tiny_model_dir, m
     assert status["state"] == "stopped" and status["step"] < len(tasks())
     assert not (run_dir / rundir.SCORES).exists()
     assert signal.getsignal(signal.SIGTERM) == before   # the test process gets its own handler back
+
+
+def test_a_later_job_reuses_the_reference_log_probs_of_an_earlier_one(tmp_path, tiny_model_dir, monkeypatch):
+    """The base job's log-probs are the reference's: given back to a job with an adapter they replace its second
+    forward per answer and give the same scores; wrong ones would change them (so they are really used)."""
+    import training.score
+    from training.config import LoraConfig
+    from training.modeling import add_lora, load_model
+
+    base_dir = score_run(tmp_path / "base", tiny_model_dir, tasks())
+    assert run_job(base_dir) == 0
+    base = pd.read_parquet(base_dir / rundir.SCORES)
+    assert base["ref_logp_a"].notna().all() and base["ref_logp_b"].notna().sum() == 6   # singles have no b
+
+    torch.manual_seed(1)
+    trained = add_lora(load_model(tiny_model_dir), LoraConfig())
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trained.save_pretrained(tmp_path / "adapter")
+    adapter = dict(adapter_init=str(tmp_path / "adapter"), beta=0.5)
+    forwards = []
+    real = training.score.packed_logps
+    monkeypatch.setattr(training.score, "packed_logps", lambda *a, **k: (forwards.append(1), real(*a, **k))[1])
+    fresh_dir = score_run(tmp_path / "fresh", tiny_model_dir, tasks(), **adapter)
+    assert run_job(fresh_dir) == 0
+    fresh = pd.read_parquet(fresh_dir / rundir.SCORES).set_index("task_id")
+    fresh_forwards, forwards[:] = len(forwards), []
+
+    known = tasks().merge(base[["task_id", "ref_logp_a", "ref_logp_b"]], on="task_id")
+    reused_dir = score_run(tmp_path / "reused", tiny_model_dir, known, **adapter)
+    assert run_job(reused_dir) == 0
+    reused = pd.read_parquet(reused_dir / rundir.SCORES).set_index("task_id")
+    assert reused["score"].tolist() == pytest.approx(fresh.loc[reused.index, "score"].tolist(), abs=1e-4)
+    assert len(forwards) * 2 == fresh_forwards                  # the policy's forwards only
+
+    known["ref_logp_a"] -= 1.0                                  # a wrong reference moves every score
+    wrong_dir = score_run(tmp_path / "wrong", tiny_model_dir, known, **adapter)
+    assert run_job(wrong_dir) == 0
+    wrong = pd.read_parquet(wrong_dir / rundir.SCORES).set_index("task_id")
+    assert wrong.loc["p0", "score"] == pytest.approx(fresh.loc["p0", "score"] + 0.5, abs=1e-4)

@@ -9,6 +9,11 @@ pi_ref being the same network with the adapter off: a pair scores reward(a) - re
 (boundary 0, as the evaluation's accuracy for single answers). The base model has no implicit reward (pi_theta =
 pi_ref), so it scores by its own per-token likelihood, as the evaluation's likelihood accuracy does; a single answer's
 boundary is then the median of the job's single scores. Responses are tokenized and truncated as in training.
+
+The reference's summed log-probs of each answer go out with the scores (ref_logp_a, ref_logp_b; the base job's
+own log-probs are the reference's), and come back in as optional input columns of the same names: the app passes
+a later job of the same base and lengths what an earlier one computed, so re-scoring after each run costs one
+forward per answer instead of two.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from training.modeling import (load_model, load_tokenizer, packed_logps, packing
 from training.runtime import JobError, Status, heartbeat, seed_everything
 
 COLUMNS = ("task_id", "kind", "prompt", "response_a", "response_b")
+REFERENCE = ("ref_logp_a", "ref_logp_b")      # optional in, always out: the reference's summed log-probs
 TASK_KINDS = ("pair", "single")
 STATUS_EVERY_S = 1.0
 
@@ -39,6 +45,7 @@ class Task:
     task_id: str
     prompt: list[int]
     responses: list[list[int]]       # [a] for a single answer, [a, b] for a pair
+    ref: list[float | None]          # the reference's summed log-prob of each response, when known
 
     @property
     def length(self) -> int:
@@ -83,7 +90,9 @@ def tokenize_tasks(df: pd.DataFrame, tokenizer, max_length: int, max_prompt_leng
             p = cache.setdefault(prompt, encode_prompt(tokenizer, prompt))
         texts = [r["response_a"]] + ([r["response_b"]] if r["kind"] == "pair" else [])
         fitted = [fit(p, encode_response(tokenizer, str(t)), max_length, max_prompt_length) for t in texts]
-        tasks.append(Task(str(r["task_id"]), fitted[0][0], [resp for _, resp in fitted]))
+        known = [r.get(c) for c in REFERENCE[:len(texts)]]
+        tasks.append(Task(str(r["task_id"]), fitted[0][0], [resp for _, resp in fitted],
+                          [None if _missing(v) else float(v) for v in known]))
     return tasks
 
 
@@ -171,16 +180,21 @@ def run_score(cfg: JobConfig, run_dir: Path) -> str:
                     return "stopped"
                 parts = [(tasks[i].prompt, r) for i in batch for r in tasks[i].responses]
                 pol, nt = logps(parts)
-                if implicit:
+                known = [v for i in batch for v in tasks[i].ref]
+                if not implicit:
+                    ref, value = pol, pol / nt         # the base is the reference; per-token log-likelihood
+                elif all(v is not None for v in known):
+                    ref = torch.tensor(known, dtype=pol.dtype)
+                else:
                     with reference_mode(model):
                         ref, _ = logps(parts)
+                if implicit:
                     value = cfg.beta * (pol - ref)     # implicit reward per response
-                else:
-                    value = pol / nt                   # per-token log-likelihood per response
                 s = 0
                 for i in batch:
                     k = len(tasks[i].responses)
                     score[i] = float(value[s] - value[s + 1]) if k == 2 else float(value[s])
+                    tasks[i].ref = [float(v) for v in ref[s:s + k]]
                     s += k
                 done += len(batch)
                 if time.time() - last >= STATUS_EVERY_S or done == n:
@@ -210,7 +224,9 @@ def _write_scores(run_dir: Path, df: pd.DataFrame, tasks: list[Task], score: lis
                       "score": pa.array(values, type=pa.float64()),
                       "unsure": pa.array(np.abs(values - boundary), type=pa.float64()),
                       "method": pa.array(["implicit reward" if implicit else "likelihood"] * len(tasks),
-                                         type=pa.string())})
+                                         type=pa.string()),
+                      **{c: pa.array([t.ref[j] if j < len(t.ref) else None for t in tasks], type=pa.float64())
+                         for j, c in enumerate(REFERENCE)}})
     tmp = run_dir / f".{rundir.SCORES}.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, run_dir / rundir.SCORES)

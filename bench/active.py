@@ -169,7 +169,7 @@ def run_order(args, order: str, home: Path, pool, evals) -> list[dict]:
                                 batch_size=args.batch_size, max_length=args.max_length,
                                 max_prompt_length=args.max_prompt_length, learning_rate=args.lr, precision="fp32",
                                 max_steps=math.ceil(args.round / args.batch_size), seed=0, checkpoint_every=0,
-                                eval_every=0)
+                                eval_every=0, max_new_tokens=16)   # the runs' 8 sample answers: kept short
                 run_id = create_run(ctx, cfg, training_rows(ctx.db, "pairs"), name="round 1: dpo from the base model")
             else:
                 train_on_what_is_new(ctx, LOCAL_ADMIN)
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", type=Path, help="keep each order's project here (default: a temporary folder)")
     args = ap.parse_args(argv)
     if not (args.model / "config.json").exists():
-        print(json.dumps({"error": f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."}))
+        error = f"No model at {args.model}. Run ./run.sh once (it converts SmolLM2) or pass --model."
+        print(json.dumps({"error": error}))
         return 2
     import transformers
 

@@ -485,8 +485,10 @@ class Trainer:
             # The starting point's evaluation: a new adapter (or a full fine-tune's copy) leaves the policy equal to
             # the reference, so the step-0 numbers are the reference's, taken from the reference pass the first
             # evaluation makes anyway, and the first training step is not kept waiting for it.
+            # A run that starts elsewhere (an earlier run's adapter) is evaluated there too, unless eval_every is 0:
+            # "only at the end" (its start is then the earlier run's end, already measured).
             start_pending = bool(self.eval_examples) and self._starts_at_reference() and not self._logged_eval(0)
-            if start_step == 0 and self.eval_examples and not start_pending:
+            if start_step == 0 and self.eval_examples and not start_pending and cfg.eval_every:
                 self._log("eval", self.evaluate())
             bar = _progress(self.total_steps, start_step) if main else (lambda step, loss: None)
             while self.step < self.total_steps:

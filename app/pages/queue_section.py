@@ -27,7 +27,7 @@ def summary(ctx: AppContext, user: User) -> str:
         open_n = len(queue_scores.open_tasks(ctx.db, queue_scores.modes_to_score(ctx.db)))
         by = escape(s["name"] or "")
         lines.append(f"\nScores: {s['open_scored']} of {open_n} open tasks scored"
-                     + (f" by *{by}* ({s['scored_at']:%Y-%m-%d %H:%M})" if s["run_id"] else "")
+                     + (f", by the job *{by}* ({s['scored_at']:%Y-%m-%d %H:%M})" if s["run_id"] else "")
                      + (f"; a score job is queued or running ({s['pending']})." if s["pending"] else ".")
                      + (" Tasks without a score come after the scored ones." if s["open_scored"] < open_n else ""))
     return "\n".join(lines)

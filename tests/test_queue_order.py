@@ -150,6 +150,8 @@ def test_a_score_job_runs_beside_labeling_which_never_waits_for_it(ctx, monkeypa
         rundir.write_status(ctx.runs_dir / run_id, state="finished")
         sup.tick()
         assert queue_scores.status(ctx.db)["run_id"] == run_id
+        from app.pages.runs import status_line
+        assert "(scores for the labeling queue's order) is **finished**" in status_line(ctx, run_id)
         monkeypatch.setattr(Q, "next_task", next_task)
         assert served(ctx.db, "ann") == rest
     finally:

@@ -25,6 +25,10 @@ NO_RUNS = "No runs yet: start one on the Train page."
 NO_VALUES = "No per-example values yet: they appear after the first training step."
 
 
+JOB_KINDS = {"generate": "answers to label", "evaluate": "scoring on the evaluation set",
+             "score": "scores for the labeling queue's order"}
+
+
 def status_line(ctx: AppContext, run_id: str | None) -> str:
     if not run_id:
         return "Pick a run."
@@ -37,7 +41,8 @@ def status_line(ctx: AppContext, run_id: str | None) -> str:
     title = html.escape(r["name"] or run_id)          # typed by a person: shown as text
     title = f"**{title}**" + ("" if run_id in title else f" <small>{run_id}</small>")
     algo = algorithms.ALGORITHMS.get(r["algorithm"] or "")
-    parts = [f"{title} ({algo.title if algo else r['kind']}) is **{state}**: "
+    what = algo.title if algo and r["kind"] == "train" else JOB_KINDS.get(r["kind"], r["kind"])
+    parts = [f"{title} ({what}) is **{state}**: "
              + progress_words(state, r["step"] or 0, r["total_steps"], st)]
     if r["origin"] == "external":
         parts.append("Started outside the app (a Flower coordinator): followed here, stopped where it was started; "

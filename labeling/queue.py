@@ -156,10 +156,12 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
                 held[tid] = held.get(tid, 0) + 1
         own = [tid for tid, who in leases if who == annotator]
 
+        def not_voted(tid: str) -> bool:
+            return tid not in done or done[tid][1] == "retracted"
+
         def usable(r: tuple) -> bool:
             tid, required, n_done = r[0], r[6], r[7]
-            return (n_done < required and held.get(tid, 0) < required - n_done
-                    and (tid not in done or done[tid][1] == "retracted"))
+            return n_done < required and held.get(tid, 0) < required - n_done and not_voted(tid)
 
         row = None
         if own:
@@ -167,23 +169,13 @@ def next_task(db: Database, annotator: str, kind: str | None = None, site: str |
                                [own, *fparams])
             row = next((r for r in rows if usable(r)), None)
         order = queue_order.order_of(db, kind) if purpose == "label" else "random"
-        pick_rng = rng or random.Random()
         if row is None and order == "unsure":
             row = _first(lambda limit: queue_order.unsure_rows(db, TASK_COLS, filters, fparams, limit), usable,
                          len(done) + len(held))
         if row is None and order == "disagreement":
-            for r, reopen in queue_order.split_rows(db, TASK_COLS, filters, fparams):
-                if reopen and held.get(r[0], 0) == 0 and (r[0] not in done or done[r[0]][1] == "retracted"):
-                    db.execute("UPDATE tasks SET required = n_done + 1 WHERE id = ?", [r[0]])   # a tie-breaker
-                    row = (*r[:6], r[7] + 1, r[7])
-                    break
-                if reopen:
-                    continue
-                if not reopen and usable(r):
-                    row = r
-                    break
+            row = _first_split(db, filters, fparams, usable, not_voted, held)
         if row is None:
-            row = _pick(db, filters, fparams, usable, len(done) + len(held), pick_rng)
+            row = _pick(db, filters, fparams, usable, len(done) + len(held), rng or random.Random())
         if row is None:
             return None
         db.execute("DELETE FROM leases WHERE annotator = ? AND task_id <> ?", [annotator, row[0]])
@@ -203,6 +195,18 @@ def _first(fetch, usable, n_excluded: int) -> tuple | None:
         if row is not None or len(rows) < limit or limit > n_excluded:
             return row
         limit = n_excluded + CANDIDATES + 1
+
+
+def _first_split(db: Database, filters: str, fparams: list, usable, not_voted, held: dict) -> tuple | None:
+    """Disagreement first: the first split task this annotator may take. A complete task whose votes are tied gets
+    one more slot (a tie-breaker) for someone who has not voted on it, while nobody else holds it."""
+    for r, tied_complete in queue_order.split_rows(db, TASK_COLS, filters, fparams):
+        if not tied_complete and usable(r):
+            return r
+        if tied_complete and not held.get(r[0]) and not_voted(r[0]):
+            db.execute("UPDATE tasks SET required = n_done + 1 WHERE id = ?", [r[0]])
+            return (*r[:6], r[7] + 1, r[7])      # required is now n_done + 1
+    return None
 
 
 def _pick(db: Database, filters: str, fparams: list, usable, n_excluded: int, rng: random.Random) -> tuple | None:

@@ -64,8 +64,9 @@ def train_on_what_is_new(ctx: AppContext, user: User) -> str:
     name = f"round {n_round}: {cfg.algorithm} on {len(data)} labels {start}"
     run_id = create_run(ctx, cfg, data, name=name, parent_id=last["id"] if last else None, filters=filters,
                         eval_fraction=0.1)
-    return (f"Run **{run_id}** queued: {cfg.algorithm.upper()} on all {len(data)} labels so far, {start}, with the "
-            "same settings. When it finishes, its scores and the queue's order are refreshed.")
+    settings = "the same settings" if last else "the default settings"
+    return (f"Run **{run_id}** queued: {cfg.algorithm.upper()} on all {len(data)} labels so far, {start}, with "
+            f"{settings}. When it finishes, it is scored and the queue's order is refreshed.")
 
 
 def describe(ctx: AppContext) -> str:

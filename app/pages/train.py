@@ -255,7 +255,8 @@ def build(ctx: AppContext):
 
     defaults, fed_defaults, first = JobConfig(model="x"), FederatedConfig(), "dpo"
     with gr.Row(equal_height=True):
-        b_iterate = gr.Button("Train on what is new", variant="primary", scale=1, elem_id="train-iterate")
+        b_iterate = gr.Button("Train on what is new", variant="primary", scale=0, min_width=260,
+                              elem_id="train-iterate")
         iterate_md = gr.Markdown(elem_id="train-iterate-plan")
     iterate_msg = gr.Markdown(elem_id="train-iterate-result")
     with gr.Row():

@@ -22,16 +22,21 @@ class DataError(ValueError):
     """A problem with the training data, phrased for a person."""
 
 
+def read_parquet(path: Path, absent: str) -> pd.DataFrame:
+    """A job's Parquet input, or a DataError sentence (`absent` begins it when the file is not there)."""
+    if not path.exists():
+        raise DataError(f"{absent}: {path} does not exist.")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same sentence
+        raise DataError(f"{path.name} is not a readable Parquet file ({e}).") from None
+
+
 def load_rows(path: str | Path, data_kind: str) -> pd.DataFrame:
     """Read a run's Parquet data and check it has what `data_kind` needs. KTO accepts pairs too: each pair
     becomes a desirable and an undesirable row (as TRL does)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"No training data: {path} does not exist.")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same sentence
-        raise DataError(f"{path.name} is not a readable Parquet file ({e}).") from None
+    df = read_parquet(path, "No training data")
     if data_kind == "unpaired" and "label" not in df.columns and {"chosen", "rejected"} <= set(df.columns):
         df = pairs_to_unpaired(df)
     need = DATA_COLUMNS[data_kind]

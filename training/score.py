@@ -29,7 +29,7 @@ import torch
 
 from storage import rundir
 from training.config import JobConfig
-from training.data import DataError, collate, encode_prompt, encode_response, fit
+from training.data import DataError, collate, encode_prompt, encode_response, fit, read_parquet
 from training.modeling import (load_model, load_tokenizer, packed_logps, packing_problem, reference_mode,
                                response_logps)
 from training.runtime import JobError, Status, heartbeat, seed_everything
@@ -58,12 +58,7 @@ def _missing(v) -> bool:
 
 def load_tasks(path: Path) -> pd.DataFrame:
     """The tasks to score, checked: DataError with one sentence when the file cannot be scored."""
-    if not path.exists():
-        raise DataError(f"No tasks to score: {path} does not exist.")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same sentence
-        raise DataError(f"{path.name} is not a readable Parquet file ({e}).") from None
+    df = read_parquet(path, "No tasks to score")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path.name} lacks column(s) {', '.join(missing)}; scoring needs {', '.join(COLUMNS)}.")

@@ -41,7 +41,7 @@ import pandas as pd
 
 from bench.hh import HH, hh_pairs
 from bench.training import default_model, log
-from labeling.stats import wilson
+from labeling.stats import bootstrap_mean, direction, wilson
 from storage import rundir
 
 ORDERS = ("random", "unsure")
@@ -73,7 +73,8 @@ def pool_and_eval(pairs: pd.DataFrame, n_pool: int, n_eval: int, seed: int) -> t
 
 
 def make_project(ctx, pool: list[dict], evals: list[dict]) -> dict[str, str]:
-    """Tasks for the pool and the evaluation set (labeled by 'hh', saved as the set). Returns {task_id: truth}."""
+    """Tasks for the pool and the evaluation set (labeled by 'hh', saved as the set). Returns {task_id: truth} of
+    both."""
     from labeling import evalset
     from labeling.queue import create_task, save_annotation
 
@@ -81,6 +82,7 @@ def make_project(ctx, pool: list[dict], evals: list[dict]) -> dict[str, str]:
     for t in evals:
         tid = create_task(ctx.db, "pair", t["prompt"], [t["response_a"], t["response_b"]])
         save_annotation(ctx.db, tid, "hh", t["truth"])
+        truth[tid] = t["truth"]
     ids = [r[0] for r in ctx.db.fetchall("SELECT DISTINCT t.prompt_id FROM tasks t JOIN annotations a "
                                          "ON a.task_id = t.id WHERE a.annotator = 'hh'")]
     evalset.save_version(ctx.db, ids, f"bench.active: the last {len(evals)} HH pairs")
@@ -120,6 +122,36 @@ def accuracy(run_dir: Path) -> dict:
     n = len(pd.read_parquet(run_dir / rundir.EVAL_DATA))
     lo, hi = wilson(acc * n, n)
     return {"accuracy": round(acc, 4), "interval": [round(lo, 4), round(hi, 4)], "n": n}
+
+
+def outcomes(ctx, run_id: str, truth: dict[str, str], work: Path) -> dict[str, float]:
+    """Per evaluation pair, whether the run preferred HH's answer (1, a tie 0.5, else 0): the product's score job
+    with the run's adapter over the evaluation set's tasks, in a run directory of its own (its scores must not
+    become the queue's). The reference log-probs of an earlier call are passed in: one forward per answer."""
+    from training.__main__ import run_job
+
+    config = json.loads(ctx.db.scalar("SELECT config FROM runs WHERE id = ?", [run_id]))
+    run_dir = Path(ctx.db.scalar("SELECT run_dir FROM runs WHERE id = ?", [run_id]))
+    cfg = {k: config[k] for k in ("model", "lora", "beta", "batch_size", "max_length", "max_prompt_length",
+                                  "precision", "seed")}
+    tasks = ctx.db.df("""SELECT t.id AS task_id, t.kind, p.text AS prompt, ra.text AS response_a, rb.text AS response_b
+                         FROM tasks t JOIN prompts p ON p.id = t.prompt_id JOIN responses ra ON ra.id = t.response_a
+                         JOIN responses rb ON rb.id = t.response_b
+                         WHERE t.id IN (SELECT DISTINCT task_id FROM annotations WHERE annotator = 'hh')""")
+    known = work / "reference.parquet"
+    if known.exists():
+        tasks = tasks.merge(pd.read_parquet(known), on="task_id", how="left")
+    job = work / run_id
+    (job / rundir.DATA).mkdir(parents=True)
+    tasks.to_parquet(job / rundir.TRAIN_DATA, index=False)
+    rundir.write_json_atomic(job / rundir.CONFIG, {**cfg, "kind": "score", "adapter_init": str(run_dir / rundir.ADAPTER)})
+    with contextlib.redirect_stdout(sys.stderr):
+        if run_job(job) != 0:
+            raise SystemExit(f"Scoring the evaluation set with run {run_id} failed: {rundir.read_status(job)}")
+    scores = pd.read_parquet(job / rundir.SCORES)
+    scores[["task_id", "ref_logp_a", "ref_logp_b"]].to_parquet(known, index=False)
+    return {tid: 0.5 if s == 0 else float((s > 0) == (truth[tid] == "a"))
+            for tid, s in zip(scores["task_id"], scores["score"])}
 
 
 def margins(db, served: list[str]) -> dict:
@@ -176,6 +208,7 @@ def run_order(args, order: str, home: Path, pool, evals) -> list[dict]:
                 run_id = ctx.db.scalar("SELECT id FROM runs WHERE kind = 'train' ORDER BY created_at DESC LIMIT 1")
             training_s = drive(ctx, sup, ("train",))
             run_dir = Path(ctx.db.scalar("SELECT run_dir FROM runs WHERE id = ?", [run_id]))
+            per_pair = outcomes(ctx, run_id, truth, home / "evaluation-scores")
             point = {"round": r + 1, "labels": int(ctx.db.scalar(
                          "SELECT count(*) FROM annotations WHERE annotator = ?", [ANNOTATOR])),
                      "served": len(served), **accuracy(run_dir), "run_id": run_id,
@@ -184,6 +217,7 @@ def run_order(args, order: str, home: Path, pool, evals) -> list[dict]:
                      "training_s": round(training_s, 1)}
             if margin:
                 point["margin"] = margin
+            point["per_pair"] = per_pair
             rounds.append(point)
             log(f"{order:>6} | round {r + 1} | {point['labels']:>5} labels | acc {point['accuracy']:.3f} "
                 f"[{point['interval'][0]:.3f}, {point['interval'][1]:.3f}] | label {labeling_s:.1f}s "
@@ -217,14 +251,21 @@ def compare(random_: list[dict], unsure: list[dict]) -> tuple[list[dict], str]:
                       "labels_saved": None if need is None else round(need - p["labels"], 1),
                       **({} if need is not None else
                          {"note": f"random never reached {p['accuracy']:.1%} within {curve[-1][0]} labels"})})
-    overlap = all(u["interval"][0] <= r["interval"][1] and r["interval"][0] <= u["interval"][1]
-                  for u, r in zip(unsure, random_))
-    if overlap:
-        return saved, "No measurable difference: the intervals overlap at every point."
+    paired = []
+    for u, r in zip(unsure, random_):       # the same evaluation pairs: the difference per pair, bootstrapped
+        diff, lo, hi = bootstrap_mean([u["per_pair"][t] - r["per_pair"][t] for t in sorted(u["per_pair"])])
+        paired.append({"labels": u["labels"], "difference": round(diff, 4), "interval": [round(lo, 4), round(hi, 4)],
+                       "direction": direction(lo, hi, 0.0)})
+    for s, p in zip(saved, paired):
+        s["paired_vs_random"] = p
+    if all(p["direction"] == "no measurable change" for p in paired):
+        return saved, ("No measurable difference: the paired 95% interval of unsure minus random covers 0 at every "
+                       "point.")
     best = max(saved, key=lambda s: s["accuracy"])
     need = (f"random needed {best['random_needed']:.0f}" if best["random_needed"] is not None
             else f"random did not reach it within {curve[-1][0]}")
-    return saved, f"Unsure first reached {best['accuracy']:.1%} with {best['labels']} labels; {need}."
+    where = ", ".join(f"{p['direction']} at {p['labels']}" for p in paired)
+    return saved, f"Unsure first reached {best['accuracy']:.1%} with {best['labels']} labels; {need} (paired: {where})."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ["PREFLAB_MODEL"] = before
     out["labels_saved"], out["summary"] = compare(out["random"], out["unsure"])
+    for p in out["random"] + out["unsure"]:   # the per-pair outcomes' mean: the accuracy again, as a cross-check
+        per_pair = p.pop("per_pair")
+        p["accuracy_from_scores"] = round(sum(per_pair.values()) / len(per_pair), 4)
     log(out["summary"])
     print(json.dumps(out, default=str))
     return 0

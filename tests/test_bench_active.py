@@ -46,4 +46,12 @@ def test_active_bench_labels_through_the_queue_for_both_orders(tiny_model_dir, t
         m = p["margin"]
         assert m["served_max"] <= m["unserved_min"] and m["served_mean"] <= m["open_mean"]
     assert len(out["labels_saved"]) == 2 and out["summary"]
+    for point, saved in zip(out["unsure"], out["labels_saved"]):
+        paired = saved["paired_vs_random"]           # unsure minus random on the same 12 evaluation pairs
+        lo, hi = paired["interval"]
+        assert -1 <= lo <= paired["difference"] <= hi <= 1
+        assert paired["direction"] == ("better" if lo > 0 else "worse" if hi < 0 else "no measurable change")
+    for order in bench.ORDERS:                       # the score job's outcomes agree with the run's own evaluation
+        for point in out[order]:
+            assert point["accuracy_from_scores"] == pytest.approx(point["accuracy"], abs=1e-6)
     assert out["settings"]["max_steps_per_round"] == math.ceil(6 / 4)

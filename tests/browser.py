@@ -83,3 +83,28 @@ def login(page, url: str, name: str, password: str) -> None:
     page.get_by_label("password").fill(password)
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#label-start")
+
+
+def choose(page, dropdown: str, text: str, tries: int = 5) -> None:
+    """Pick the option holding `text` in the Gradio dropdown `dropdown` (a CSS selector of its block), as a person
+    does: type into it and click the option, until the box holds it. The box may already show a value (typing after
+    it would search for both), so it is emptied first; and a page that refreshes itself on a timer may put back the
+    value it had when its refresh began, so the pick is made again until it holds."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator(f"{dropdown} input")
+    for _ in range(tries):
+        box.click()
+        box.fill(text)
+        option = page.locator("ul[role=listbox] li", has_text=text).first
+        option.wait_for()
+        option.click()
+        try:
+            page.wait_for_function(f"() => document.querySelector('{dropdown} input').value.includes('{text}')",
+                                   timeout=3000)
+            page.wait_for_timeout(2500)          # one timer refresh later it still holds
+            if text in box.input_value():
+                return
+        except PlaywrightTimeout:
+            pass
+    raise AssertionError(f"the dropdown {dropdown} would not keep {text!r}")

@@ -10,7 +10,7 @@ import pytest
 from app.context import AppContext
 from labeling import queue as Q
 from labeling.importer import import_file
-from tests.browser import browser_page, need_chromium, running_app, shot
+from tests.browser import browser_page, choose, need_chromium, running_app, shot
 from tests.jobdata import BAD, GOOD, PROMPTS
 
 pytestmark = pytest.mark.browser
@@ -85,9 +85,7 @@ def wait_finished(page, run: str) -> None:
     evaluation-set scoring of earlier runs."""
     page.get_by_role("tab", name="Runs").click()
     page.wait_for_function(f"() => document.body.innerText.includes('{run}')", timeout=60000)
-    page.click("#runs-select input")
-    page.keyboard.type(run)
-    page.keyboard.press("Enter")
+    choose(page, "#runs-select", run)
     page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{run}') && "
                            "document.querySelector('#runs-status').innerText.includes('is finished')", timeout=1200000)
 

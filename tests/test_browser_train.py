@@ -12,7 +12,7 @@ from app.context import AppContext
 from labeling import queue as Q
 from labeling.importer import import_file
 from storage import rundir
-from tests.browser import browser_page, doc_shot, need_chromium, running_app, shot
+from tests.browser import browser_page, choose, doc_shot, need_chromium, running_app, shot
 from tests.jobdata import BAD, GOOD, PROMPTS
 
 pytestmark = pytest.mark.browser
@@ -81,9 +81,7 @@ def test_label_train_watch_compare(home, tiny_model_dir):
         second = train_from_page(page, "DPO", 6)
         page.get_by_role("tab", name="Runs").click()
         page.wait_for_function(f"() => document.body.innerText.includes('{second}')", timeout=30000)
-        page.click("#runs-select input")
-        page.keyboard.type(second)
-        page.keyboard.press("Enter")
+        choose(page, "#runs-select", second)
         page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{second}') && "
                                f"document.querySelector('#runs-status').innerText.includes('is finished')",
                                timeout=120000)
@@ -138,9 +136,7 @@ def test_labeling_while_a_job_trains(home, tiny_model_dir):
             time.sleep(3)
             assert status()["step"] > st["step"]            # and it went on training after them
             page.get_by_role("tab", name="Runs").click()     # the run, live: its status and curves while it trains
-            page.click("#runs-select input")
-            page.keyboard.type(run)
-            page.keyboard.press("Enter")
+            choose(page, "#runs-select", run)
             page.wait_for_function(f"() => document.querySelector('#runs-status').innerText.includes('{run}') && "
                                    "document.querySelector('#runs-status').innerText.includes('is running')")
             for plot in ("#runs-plot-loss", "#runs-plot-m_theta_bands"):   # the loss and the m_θ bands are drawn

@@ -6,7 +6,8 @@ A job (`python -m training RUN_DIR`) never touches DuckDB; its whole world is it
     data/train.parquet     in:  frozen snapshot rows; columns prompt/chosen/rejected (pairs),
                                 prompt/completion/label (unpaired, label bool), or prompt/completion (sft);
                                 optional example_id, task_id, site
-                                (kind=score: task_id, kind pair|single, prompt, response_a, response_b)
+                                (kind=score: task_id, kind pair|single, prompt, response_a, response_b,
+                                optional ref_logp_a, ref_logp_b from an earlier score job of the same base)
     data/eval.parquet      in:  optional held-out rows, same columns
     status.json            out: state, pid, heartbeat (unix time), step, total, eta_s, error, updated
     metrics.jsonl          out: one JSON object per logged step: {"step", "time", "split", "site"?, name: value}
@@ -15,7 +16,8 @@ A job (`python -m training RUN_DIR`) never touches DuckDB; its whole world is it
     checkpoints/step-N/    out: resumable state
     generations.parquet    out: kind=generate (prompt_id, prompt, response, sample, ...)
     eval.json              out: kind=evaluate report
-    scores.parquet         out: kind=score (task_id, score, unsure, method): the labeling queue's model-unsure order
+    scores.parquet         out: kind=score (task_id, score, unsure, method, ref_logp_a, ref_logp_b): the labeling
+                                queue's model-unsure order
     log.txt                out: the job's console output
 
 Everything here is plain files written atomically (write to a temp name, then rename), so a reader never sees a

@@ -34,6 +34,12 @@ def open_tasks(db: Database, kinds: list[str]) -> pd.DataFrame:
                        AND t.kind IN ({', '.join('?' * len(kinds))}) ORDER BY t.id""", list(kinds))
 
 
+def n_open(db: Database, kinds: list[str]) -> int:
+    """How many open labeling tasks of these kinds there are (what a score job would rate)."""
+    return int(db.scalar(f"""SELECT count(*) FROM tasks WHERE purpose = 'label' AND n_done < required
+                             AND kind IN ({', '.join('?' * len(kinds))})""", list(kinds)) or 0) if kinds else 0
+
+
 def scoring_model(ctx: AppContext) -> tuple[dict | None, JobConfig]:
     """The newest finished LoRA training run with its adapter (None: the base model) and the score job's settings,
     taken from that run so the scores see answers as it was trained to."""

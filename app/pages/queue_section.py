@@ -22,9 +22,10 @@ def summary(ctx: AppContext, user: User) -> str:
     if not user.is_admin:
         return "Only admins set the queue order."
     lines = [f"- {MODES[k]}: **{queue_order.ORDERS[o]}**" for k, o in queue_order.orders(ctx.db).items()]
-    if queue_scores.modes_to_score(ctx.db):
+    kinds = queue_scores.modes_to_score(ctx.db)
+    if kinds:
         s = queue_scores.status(ctx.db)
-        open_n = len(queue_scores.open_tasks(ctx.db, queue_scores.modes_to_score(ctx.db)))
+        open_n = queue_scores.n_open(ctx.db, kinds)
         by = escape(s["name"] or "")
         lines.append(f"\nScores: {s['open_scored']} of {open_n} open tasks scored"
                      + (f", by the job *{by}* ({s['scored_at']:%Y-%m-%d %H:%M})" if s["run_id"] else "")
